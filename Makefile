@@ -1,0 +1,50 @@
+# The README's two commands are `make train` and `make test`; each builds .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: train test test-fast bench lint format evaluate tune cluster-up cluster-down clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)  ## train the default CNN, then evaluate it on the test set
+	$(PY) jobs/train.py --evaluate $(ARGS)
+
+test: $(STAMP)  ## the whole suite (real Ray, real MNIST subsets)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)  ## skip the slow fault/cluster tests
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench: $(STAMP)  ## long measurements; results go to docs/benchmarks.md
+	$(PY) bench/run_all.py $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+evaluate: $(STAMP)  ## evaluate the newest run's best checkpoint
+	$(PY) jobs/evaluate.py $(ARGS)
+
+tune: $(STAMP)  ## a learning-rate / optimizer sweep
+	$(PY) jobs/tune.py $(ARGS)
+
+cluster-up: $(STAMP)  ## a local Ray head on 127.0.0.1 for `ray job submit` by hand
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token $(VENV)/bin/ray start --head --node-ip-address=127.0.0.1 \
+	  --dashboard-host=127.0.0.1 --port=6379 --dashboard-port=8265
+	@echo "submit with: RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:8265 $(VENV)/bin/ray job submit --working-dir . -- python jobs/train.py"
+
+cluster-down:
+	$(VENV)/bin/ray stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

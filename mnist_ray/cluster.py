@@ -1,0 +1,33 @@
+"""Connecting to Ray: an embedded local instance by default, the cluster in RAY_ADDRESS otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import ray
+
+
+def connect(num_cpus: int | None = None, verbose: bool = False) -> None:
+    """Start or join Ray once; quiet by default so the job's own progress lines stay readable.
+
+    Under ``ray job submit`` (or with ``RAY_ADDRESS`` set) this joins that cluster; otherwise it
+    starts a local Ray with ``num_cpus`` CPUs (all of this machine's by default).
+    """
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not verbose:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Options for starting a new local instance; joining an existing cluster rejects them.
+    kwargs = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": num_cpus, "include_dashboard": False}
+    ray.init(
+        logging_level=logging.INFO if verbose else logging.WARNING,
+        log_to_driver=verbose,
+        configure_logging=True,
+        **kwargs,
+    )

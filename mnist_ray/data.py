@@ -1,0 +1,188 @@
+"""MNIST-format datasets: locate, verify and parse the four IDX files on the driver.
+
+Workers never touch files: the driver parses once, puts the uint8 arrays in Ray's object
+store, and each worker slices its own shard (see :mod:`mnist_ray.training`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mnist_ray.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MEAN, STD = 0.1307, 0.3081
+"""MNIST pixel statistics after scaling to [0, 1]; used for both datasets, like the notebook."""
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+CACHE = Path.home() / ".cache" / "mnist_ray"
+
+SPLITS = {
+    "train_images": ("train-images-idx3-ubyte", 2051, [28, 28]),
+    "train_labels": ("train-labels-idx1-ubyte", 2049, []),
+    "test_images": ("t10k-images-idx3-ubyte", 2051, [28, 28]),
+    "test_labels": ("t10k-labels-idx1-ubyte", 2049, []),
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where a dataset lives by default, where to download it, and its content checksums."""
+
+    default_dir: Path
+    mirrors: tuple[str, ...]
+    sha256: dict[str, str]
+    """SHA-256 of each decompressed IDX file, by file stem."""
+
+
+DATASET_INFO = {
+    "mnist": DatasetInfo(
+        REPO_DATA / "mnist",
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        {
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+    ),
+    "fashion-mnist": DatasetInfo(
+        Path("/usr/share/datasets/fashion-mnist"),
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        {
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """One dataset in memory: uint8 images (N, 28, 28) and int64 labels (N,) per split."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+def find_files(dataset: str, data_dir: str | Path | None = None) -> dict[str, Path]:
+    """Path of each of the four files (raw or .gz), downloading into the cache if absent."""
+    info = DATASET_INFO[dataset]
+    folder = Path(data_dir).expanduser() if data_dir else info.default_dir
+    found = _locate(folder)
+    if len(found) == len(SPLITS):
+        return found
+    if data_dir:  # an explicit folder is the user's statement of where the files are
+        missing = sorted(SPLITS[k][0] for k in SPLITS if k not in found)
+        raise DataError(f"{folder} lacks {', '.join(missing)} (raw or .gz): put the four IDX files there")
+    return _download(dataset, CACHE / dataset)
+
+
+def _locate(folder: Path) -> dict[str, Path]:
+    """Find the files in ``folder`` or in torchvision's ``<Name>/raw`` layout beneath it."""
+    candidates = [folder, folder / "MNIST" / "raw", folder / "FashionMNIST" / "raw"]
+    found: dict[str, Path] = {}
+    for key, (stem, _, _) in SPLITS.items():
+        for base in candidates:
+            for name in (stem, stem + ".gz"):
+                if (base / name).is_file() and key not in found:
+                    found[key] = base / name
+    return found
+
+
+def _download(dataset: str, cache: Path) -> dict[str, Path]:
+    """Fetch missing files from the dataset's mirrors under a file lock (one download per host)."""
+    from filelock import FileLock
+    from torchvision.datasets.utils import download_url
+
+    info = DATASET_INFO[dataset]
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / ".download.lock")):
+        for stem, _, _ in SPLITS.values():
+            if (cache / (stem + ".gz")).is_file():
+                continue
+            for mirror in info.mirrors:
+                try:
+                    log.info("downloading %s from %s", stem, mirror)
+                    download_url(mirror + stem + ".gz", str(cache), filename=stem + ".gz")
+                    break
+                except Exception as exc:  # noqa: BLE001 - any mirror failure means "try the next"
+                    log.warning("mirror %s failed for %s: %s", mirror, stem, exc)
+                    (cache / (stem + ".gz")).unlink(missing_ok=True)
+            else:
+                raise DataError(
+                    f"{dataset} files not found in {info.default_dir} and the download failed: "
+                    f"put the four IDX files (raw or .gz) in a folder and pass --data-dir"
+                )
+    return _locate(cache)
+
+
+def read_idx(path: Path, magic: int, shape: list[int], sha256: str | None) -> np.ndarray:
+    """Parse one IDX file, checking gzip integrity, magic number, sizes and checksum."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupted or truncated gzip ({exc}); replace the file") from None
+    if len(raw) < 8 or int.from_bytes(raw[:4], "big") != magic:
+        found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+        raise DataError(f"{path}: wrong IDX magic number {found}, expected {magic}; is this the right file?")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    header = 4 + 4 * ndim
+    if dims[1:] != shape:
+        raise DataError(f"{path}: item shape {dims[1:]}, expected {shape}")
+    if len(raw) - header != int(np.prod(dims)):
+        raise DataError(f"{path}: truncated, {len(raw) - header} bytes of data for shape {dims}; replace the file")
+    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"{path}: SHA-256 mismatch (corrupted, or not the expected dataset); replace the file")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def load(dataset: str = "mnist", data_dir: str | Path | None = None) -> Arrays:
+    """Load and verify the four files of ``dataset`` (from ``data_dir`` or the default place)."""
+    files = find_files(dataset, data_dir)
+    sums = DATASET_INFO[dataset].sha256
+    parsed = {
+        key: read_idx(files[key], magic, shape, sums.get(stem)) for key, (stem, magic, shape) in SPLITS.items()
+    }
+    for split in ("train", "test"):
+        n_img, n_lab = len(parsed[f"{split}_images"]), len(parsed[f"{split}_labels"])
+        if n_img != n_lab:
+            raise DataError(f"{split}: {n_img} images but {n_lab} labels; the files are from different sets")
+    return Arrays(
+        parsed["train_images"],
+        parsed["train_labels"].astype(np.int64),
+        parsed["test_images"],
+        parsed["test_labels"].astype(np.int64),
+    )
+
+
+def split_train_val(n: int, val_size: int, seed: int, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded disjoint (train, val) index arrays over ``n`` training images.
+
+    The validation images are the first ``val_size`` of a seeded permutation, so they are the same
+    for every ``limit``; ``limit`` caps the training indices only.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    val, train = order[:val_size], order[val_size:]
+    return (train[:limit] if limit else train), val
+
+
+def normalize(images: np.ndarray):
+    """uint8 (N, 28, 28) -> float32 tensor (N, 1, 28, 28) with the MNIST mean/std."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    return x.sub_(MEAN).div_(STD).unsqueeze(1)

@@ -1,0 +1,185 @@
+"""Driver side of a training run: check the layout, share the data, run the TorchTrainer, write reports.
+
+The same :func:`make_trainer` builds the trainer for the train job and for every Tune trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.v2.api.callback import UserCallback
+from ray.train.torch import TorchTrainer
+
+from mnist_ray import atomic, checkpoints, data, plots
+from mnist_ray.config import RunOptions, TrainConfig
+from mnist_ray.errors import ConfigError, ResourceError
+from mnist_ray.training import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Files a finished run leaves in ``<output>/<name>/`` and its best validation metrics."""
+
+    run_dir: Path
+    history: Path
+    curves: Path
+    config: Path
+    best_checkpoint: Path
+    best_metrics: dict[str, Any]
+
+
+def check_fits(cfg: TrainConfig, trials: int = 1) -> None:
+    """Fail at once (instead of pending forever) when ``trials`` runs of ``cfg`` cannot be placed."""
+    total = ray.cluster_resources()
+    node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
+    need_cpu = cfg.num_workers * cfg.cpus_per_worker * trials
+    if cfg.cpus_per_worker > max(node_cpus, default=0):
+        raise ResourceError(f"no node has {cfg.cpus_per_worker} CPUs for one worker (largest: {max(node_cpus, default=0):g}); "
+                            "lower --cpus-per-worker")
+    if need_cpu > total.get("CPU", 0):
+        fit = int(total.get("CPU", 0) // cfg.cpus_per_worker)
+        raise ResourceError(f"{cfg.num_workers} workers x {cfg.cpus_per_worker} CPU need {need_cpu} CPUs but the cluster "
+                            f"has {total.get('CPU', 0):g}: use --num-workers {max(fit // trials, 1)} or fewer")
+    if cfg.use_gpu and cfg.num_workers * trials > total.get("GPU", 0):
+        raise ResourceError(f"--use-gpu needs {cfg.num_workers * trials} GPUs (one per worker) but the cluster has "
+                            f"{total.get('GPU', 0):g}: lower --num-workers or drop --use-gpu")
+
+
+def put_data(cfg: TrainConfig, data_dir: str | None) -> dict[str, tuple]:
+    """Parse the dataset once on the driver and place the train/validation splits in the object store."""
+    arrays = data.load(cfg.dataset, data_dir)
+    train_idx, val_idx = data.split_train_val(len(arrays.train_x), cfg.val_size, cfg.seed, cfg.train_limit)
+    return {
+        "train": (ray.put(arrays.train_x[train_idx]), ray.put(arrays.train_y[train_idx])),
+        "val": (ray.put(arrays.train_x[val_idx]), ray.put(arrays.train_y[val_idx])),
+    }
+
+
+def make_trainer(cfg: TrainConfig, opts: RunOptions, data_refs: dict[str, tuple],
+                 callbacks: list[UserCallback] | None = None) -> TorchTrainer:
+    """A TorchTrainer for ``cfg`` that keeps the best checkpoints by validation accuracy."""
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), **data_refs},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=opts.name,
+            storage_path=opts.storage,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=opts.keep_checkpoints, checkpoint_score_attribute="val_acc", checkpoint_score_order="max"
+            ),
+            failure_config=FailureConfig(max_failures=opts.max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
+class _QueueCallback(UserCallback):
+    """Forwards rank 0's metrics from the Train controller to the driver through a Ray queue."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.queue.put_nowait(dict(metrics[0]))
+
+
+def fit_with_progress(trainer_factory: Callable[[list[UserCallback]], TorchTrainer],
+                      on_epoch: Callable[[dict], None]):
+    """Run ``trainer.fit()`` in a thread while calling ``on_epoch`` on the driver for each report."""
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = trainer_factory([_QueueCallback(queue)])
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the driver thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while thread.is_alive() or not queue.empty():
+        try:
+            on_epoch(queue.get(timeout=0.5))
+        except Empty:
+            pass
+    ray.kill(queue.actor)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse to resume a run under a name that was trained with a different model or dataset."""
+    file = run_dir / "config.json"
+    if not file.is_file():
+        return
+    previous = TrainConfig.from_dict(json.loads(file.read_text()))
+    for key in ("model", "dataset", "num_workers", "batch_size", "seed"):
+        if getattr(previous, key) != getattr(cfg, key):
+            raise ConfigError(f"run {run_dir.name} exists with {key}={getattr(previous, key)!r}, not "
+                              f"{getattr(cfg, key)!r}: pass a new --name to start a fresh run")
+
+
+def train(cfg: TrainConfig, opts: RunOptions, on_epoch: Callable[[dict], None] = lambda m: None) -> TrainOutputs:
+    """Run (or resume) training for ``cfg`` and write its reports; Ray must already be initialised."""
+    run_dir = Path(opts.output).expanduser().resolve() / opts.name
+    check_resume(cfg, run_dir)
+    check_fits(cfg)
+    refs = put_data(cfg, opts.data_dir)
+    atomic.write_json(run_dir / "config.json", cfg.to_dict())
+    result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs), on_epoch)
+    if result.error:
+        raise result.error
+    return write_outputs(result, run_dir, cfg)
+
+
+def write_outputs(result, run_dir: Path, cfg: TrainConfig) -> TrainOutputs:
+    """history.parquet and curves.png from the latest checkpoint; a copy of the best checkpoint."""
+    with result.checkpoint.as_directory() as folder:
+        history = pd.DataFrame(checkpoints.load(folder)["history"])
+    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1]["val_acc"])
+    best = run_dir / "best_checkpoint" / checkpoints.FILENAME
+    with best_ckpt.as_directory() as folder, atomic.atomic_path(best) as tmp:
+        shutil.copyfile(Path(folder) / checkpoints.FILENAME, tmp)
+    return TrainOutputs(
+        run_dir=run_dir,
+        history=atomic.write_parquet(run_dir / "history.parquet", history),
+        curves=plots.plot_curves(history, run_dir / "curves.png", title=f"{cfg.model} on {cfg.dataset}"),
+        config=run_dir / "config.json",
+        best_checkpoint=best,
+        best_metrics=dict(best_metrics),
+    )
+
+
+def progress_printer(cfg: TrainConfig, emit: Callable[[str], None] = print) -> Callable[[dict], None]:
+    """An ``on_epoch`` callback that prints one line per epoch with an ETA."""
+    started = time.perf_counter()
+    seen: list[float] = []
+
+    def on_epoch(m: dict) -> None:
+        seen.append(m["epoch_s"])
+        eta = (cfg.epochs - m["epoch"]) * sum(seen) / len(seen)
+        emit(f"epoch {m['epoch']:>3}/{cfg.epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.2%}  "
+             f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.2%}  lr {m['lr']:.2e}  "
+             f"{m['images_per_s']:,.0f} img/s  {m['epoch_s']:.1f}s  elapsed {time.perf_counter() - started:.0f}s  "
+             f"ETA {eta:.0f}s")
+
+    return on_epoch
