@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout or a job's working dir
 
-from mnist_ray import cli, cluster, runner  # noqa: E402
+from mnist_ray import cli, cluster, reports, runner  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__.splitlines()[0])
     cli.add_config_flags(p)
     cli.add_run_flags(p, default_name="mnist")
+    p.add_argument("--evaluate", action="store_true", help="then evaluate the best checkpoint on the test set")
+    p.add_argument("--reports", default=str(Path(cli.RunOptions().output).parent / "reports"),
+                   help="reports folder for --evaluate (<reports>/<name>-<UTC time>/)")
     args = p.parse_args(argv)
     cfg, opts = cli.config_from_args(args), cli.run_options(args)
     cli.ensure_writable(opts.output)
@@ -32,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, path in [("history", out.history), ("curves", out.curves), ("config", out.config),
                         ("best checkpoint", out.best_checkpoint)]:
         print(f"{label:>16}: {path}")
+    if args.evaluate:
+        run_id = f"{opts.name}-{reports.new_run_id()}"
+        folder, e = reports.evaluate_to_report(out.best_checkpoint, args.reports, run_id, data_dir=opts.data_dir)
+        print(f"test accuracy {e['accuracy']:.2%}, test loss {e['loss']:.4f} ({e['n']} images)")
+        print(f"{'test report':>16}: {folder / 'summary.md'}")
     return 0
 
 

@@ -56,6 +56,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o755)
     try:
         yield tmp
         if target.exists() and overwrite:

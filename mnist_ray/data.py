@@ -87,7 +87,7 @@ def find_files(dataset: str, data_dir: str | Path | None = None) -> dict[str, Pa
     if data_dir:  # an explicit folder is the user's statement of where the files are
         missing = sorted(SPLITS[k][0] for k in SPLITS if k not in found)
         raise DataError(f"{folder} lacks {', '.join(missing)} (raw or .gz): put the four IDX files there")
-    return _download(dataset, CACHE / dataset)
+    return download(dataset, CACHE / dataset)
 
 
 def _locate(folder: Path) -> dict[str, Path]:
@@ -102,8 +102,8 @@ def _locate(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _download(dataset: str, cache: Path) -> dict[str, Path]:
-    """Fetch missing files from the dataset's mirrors under a file lock (one download per host)."""
+def download(dataset: str, cache: Path, mirrors: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Fetch missing files from the dataset's mirrors into ``cache`` under a file lock (one download per host)."""
     from filelock import FileLock
     from torchvision.datasets.utils import download_url
 
@@ -113,7 +113,7 @@ def _download(dataset: str, cache: Path) -> dict[str, Path]:
         for stem, _, _ in SPLITS.values():
             if (cache / (stem + ".gz")).is_file():
                 continue
-            for mirror in info.mirrors:
+            for mirror in mirrors or info.mirrors:
                 try:
                     log.info("downloading %s from %s", stem, mirror)
                     download_url(mirror + stem + ".gz", str(cache), filename=stem + ".gz")
@@ -129,8 +129,8 @@ def _download(dataset: str, cache: Path) -> dict[str, Path]:
     return _locate(cache)
 
 
-def read_idx(path: Path, magic: int, shape: list[int], sha256: str | None) -> np.ndarray:
-    """Parse one IDX file, checking gzip integrity, magic number, sizes and checksum."""
+def read_idx(path: Path, magic: int, shape: list[int]) -> tuple[np.ndarray, str]:
+    """Parse one IDX file, checking gzip integrity, magic number and sizes; also return its SHA-256."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
@@ -145,22 +145,22 @@ def read_idx(path: Path, magic: int, shape: list[int], sha256: str | None) -> np
         raise DataError(f"{path}: item shape {dims[1:]}, expected {shape}")
     if len(raw) - header != int(np.prod(dims)):
         raise DataError(f"{path}: truncated, {len(raw) - header} bytes of data for shape {dims}; replace the file")
-    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
-        raise DataError(f"{path}: SHA-256 mismatch (corrupted, or not the expected dataset); replace the file")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims), hashlib.sha256(raw).hexdigest()
 
 
 def load(dataset: str = "mnist", data_dir: str | Path | None = None) -> Arrays:
     """Load and verify the four files of ``dataset`` (from ``data_dir`` or the default place)."""
     files = find_files(dataset, data_dir)
-    sums = DATASET_INFO[dataset].sha256
-    parsed = {
-        key: read_idx(files[key], magic, shape, sums.get(stem)) for key, (stem, magic, shape) in SPLITS.items()
-    }
+    parsed = {key: read_idx(files[key], magic, shape) for key, (_, magic, shape) in SPLITS.items()}
     for split in ("train", "test"):
-        n_img, n_lab = len(parsed[f"{split}_images"]), len(parsed[f"{split}_labels"])
+        n_img, n_lab = len(parsed[f"{split}_images"][0]), len(parsed[f"{split}_labels"][0])
         if n_img != n_lab:
             raise DataError(f"{split}: {n_img} images but {n_lab} labels; the files are from different sets")
+    for key, (stem, _, _) in SPLITS.items():
+        expected = DATASET_INFO[dataset].sha256.get(stem)
+        if expected and parsed[key][1] != expected:
+            raise DataError(f"{files[key]}: SHA-256 mismatch (corrupted, or not {dataset}); replace the file")
+    parsed = {key: array for key, (array, _) in parsed.items()}
     return Arrays(
         parsed["train_images"],
         parsed["train_labels"].astype(np.int64),
@@ -184,5 +184,5 @@ def normalize(images: np.ndarray):
     """uint8 (N, 28, 28) -> float32 tensor (N, 1, 28, 28) with the MNIST mean/std."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = torch.from_numpy(images.astype(np.float32)).div_(255.0)
     return x.sub_(MEAN).div_(STD).unsqueeze(1)

@@ -72,8 +72,9 @@ def plot_confusion(matrix: np.ndarray, path: str | Path, class_names: list[str] 
 def plot_digit_errors(errors: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Draw a bar chart of misclassifications per digit, in the frame's order, with counts on the bars."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    labels = [str(d) for d in errors["digit"]]
-    bars = ax.bar(labels, errors["errors"], color="tab:red")
+    x = np.arange(len(errors))  # positions, not strings: matplotlib warns on digit-like category names
+    bars = ax.bar(x, errors["errors"], color="tab:red")
+    ax.set_xticks(x, [str(d) for d in errors["digit"]])
     ax.bar_label(bars, labels=[str(int(e)) for e in errors["errors"]], padding=2)
     ax.margins(y=0.12)
     ax.set(xlabel="digit", ylabel="errors", title=title or "errors per digit")

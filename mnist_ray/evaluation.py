@@ -1,0 +1,147 @@
+"""Batch evaluation of a checkpoint on the 10k test set with Ray Data, and the metrics derived from it.
+
+Inference runs as ``map_batches`` over an actor pool: each actor loads the model once (from the
+checkpoint state shared through the object store) and scores many batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mnist_ray import checkpoints, data
+from mnist_ray.errors import CheckpointError
+
+BEST = Path("best_checkpoint") / checkpoints.FILENAME
+
+
+def resolve_checkpoint(checkpoint: str | None = None, run: str | None = None, models_dir: str | None = None) -> Path:
+    """The checkpoint file to evaluate: explicit, a run/sweep's best, or the newest run's best."""
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        path = path / checkpoints.FILENAME if path.is_dir() else path
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        return path.resolve()
+    if run:
+        path = Path(run).expanduser() / BEST
+        if not path.is_file():
+            raise CheckpointError(f"{run} has no {BEST}: is it a finished training run or sweep folder?")
+        return path.resolve()
+    root = Path(models_dir or "").expanduser()
+    runs = sorted((p for p in root.glob("*") if (p / BEST).is_file()), key=lambda p: (p / BEST).stat().st_mtime)
+    if not runs:
+        raise CheckpointError(f"no finished run (with {BEST}) under {root}: train one, or pass --checkpoint")
+    return (runs[-1] / BEST).resolve()
+
+
+class Predictor:
+    """Ray Data callable class: holds the model, maps a batch of images to predictions."""
+
+    def __init__(self, state: dict[str, Any], use_gpu: bool = False, threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.model = checkpoints.build_model(state).to(self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        x = data.normalize(batch["image"]).to(self.device)
+        labels = torch.from_numpy(batch["label"]).to(self.device)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+            logits = self.model(x).float()
+        log_probs = torch.log_softmax(logits, 1)
+        confidence, predicted = log_probs.exp().max(1)
+        loss = -log_probs.gather(1, labels[:, None])[:, 0]
+        return {
+            "index": batch["index"],
+            "label": batch["label"],
+            "predicted": predicted.cpu().numpy(),
+            "confidence": confidence.cpu().numpy(),
+            "loss": loss.cpu().numpy(),
+        }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-image predictions of one checkpoint on a test set, with where they came from."""
+
+    predictions: pd.DataFrame
+    checkpoint: Path
+    model: str
+    dataset: str
+    images: np.ndarray
+
+
+def predict(checkpoint: Path, dataset: str | None = None, data_dir: str | None = None, use_gpu: bool = False,
+            actors: int = 2, batch_size: int = 1000) -> Evaluation:
+    """Score every test image with Ray Data over ``actors`` model replicas; Ray must be initialised."""
+    import ray
+
+    state = checkpoints.load(checkpoint, dataset=dataset)
+    arrays = data.load(state["dataset"], data_dir)
+    n = len(arrays.test_y)
+    frame = pd.DataFrame({"index": np.arange(n), "label": arrays.test_y, "image": list(arrays.test_x)})
+    bounds = np.linspace(0, n, actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
+    ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    scored = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"state": state, "use_gpu": use_gpu},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=1,
+        num_gpus=1 if use_gpu else 0,
+        max_restarts=0,  # the model state is a constructor argument; a lost actor fails the run loudly
+    )
+    predictions = scored.to_pandas().sort_values("index", ignore_index=True)
+    predictions["correct"] = predictions["label"] == predictions["predicted"]
+    return Evaluation(predictions, checkpoint, state["model"], state["dataset"], arrays.test_x)
+
+
+def confusion(predictions: pd.DataFrame, classes: int = 10) -> np.ndarray:
+    """Counts[true, predicted] as a (classes, classes) int array."""
+    flat = predictions["label"].to_numpy() * classes + predictions["predicted"].to_numpy()
+    return np.bincount(flat, minlength=classes * classes).reshape(classes, classes)
+
+
+def per_class(matrix: np.ndarray) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class from a confusion matrix."""
+    tp = np.diag(matrix).astype(float)
+    predicted, actual = matrix.sum(0), matrix.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return pd.DataFrame({"digit": np.arange(len(tp)), "precision": precision, "recall": recall, "f1": f1,
+                         "support": actual})
+
+
+def digit_errors(predictions: pd.DataFrame, classes: int = 10) -> pd.DataFrame:
+    """Mistakes per true digit, in ascending order of errors (as the notebook ranked them)."""
+    totals = np.bincount(predictions["label"], minlength=classes)
+    errors = np.bincount(predictions.loc[~predictions["correct"], "label"], minlength=classes)
+    table = pd.DataFrame({"digit": np.arange(classes), "errors": errors, "total": totals})
+    table["error_rate"] = table["errors"] / table["total"].clip(lower=1)
+    table = table.sort_values(["errors", "digit"], ignore_index=True)
+    table["rank"] = np.arange(1, classes + 1)
+    return table
+
+
+def summary_metrics(predictions: pd.DataFrame) -> dict[str, float]:
+    """Accuracy, mean cross-entropy and macro precision/recall/F1."""
+    classes = per_class(confusion(predictions))
+    return {
+        "n": len(predictions),
+        "accuracy": float(predictions["correct"].mean()),
+        "loss": float(predictions["loss"].mean()),
+        "macro_precision": float(classes["precision"].mean()),
+        "macro_recall": float(classes["recall"].mean()),
+        "macro_f1": float(classes["f1"].mean()),
+    }

@@ -1,0 +1,43 @@
+"""Shared fixtures: one real Ray session on loopback, and one small real training run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Every Ray node the tests start binds to 127.0.0.1, never to this machine's interface address.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+MNIST = REPO / "data" / "mnist"
+
+# A run small enough for the suite: 2,048 training images, 512 validation images, 2 epochs, 2 workers.
+TINY = {"epochs": 2, "train_limit": 2048, "val_size": 512, "batch_size": 64, "augment": False, "lr": 3e-3}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray instance with 2 CPUs, shared by every test that needs Ray."""
+    import ray
+
+    from mnist_ray import cluster
+
+    cluster.connect(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_session, tmp_path_factory):
+    """A real 2-worker CNN run on an MNIST subset; returns (config, options, outputs)."""
+    from mnist_ray import runner
+    from mnist_ray.config import RunOptions, TrainConfig
+
+    cfg = TrainConfig(**TINY)
+    opts = RunOptions(name="tiny", output=str(tmp_path_factory.mktemp("runs")))
+    epochs: list[dict] = []
+    outputs = runner.train(cfg, opts, on_epoch=epochs.append)
+    return cfg, opts, outputs, epochs

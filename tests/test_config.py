@@ -1,0 +1,67 @@
+"""Config validation: bad values fail with a message that names the fix; files and flags merge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mnist_ray.config import RunOptions, TrainConfig, load_config
+from mnist_ray.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": "resnet"}, "unknown model 'resnet'; valid: ann, cnn"),
+        ({"optimizer": "lion"}, "unknown optimizer 'lion'; valid: sgd, adam, adamw, rmsprop"),
+        ({"dataset": "cifar10"}, "unknown dataset 'cifar10'"),
+        ({"schedule": "step"}, "unknown schedule"),
+        ({"lr": 0.0}, "lr must be positive.*--lr"),
+        ({"lr": -1e-3}, "lr must be positive"),
+        ({"epochs": 0}, "epochs must be positive.*--epochs"),
+        ({"batch_size": -8}, "batch_size must be positive"),
+        ({"batch_size": 3, "num_workers": 4}, "batch_size 3 is below num_workers 4"),
+        ({"batch_size": 10, "num_workers": 4}, "does not split evenly"),
+        ({"val_size": 60000}, "leaves no training images"),
+        ({"label_smoothing": 1.0}, "below 1"),
+    ],
+)
+def test_invalid_values_are_rejected(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes)
+
+
+def test_file_then_flags_override_preset(tmp_path):
+    f = tmp_path / "best.json"
+    f.write_text(json.dumps({"optimizer": "sgd", "lr": 0.05, "epochs": 3}))
+    cfg = load_config("smoke", str(f), {"lr": 0.01, "model": None})
+    assert (cfg.optimizer, cfg.lr, cfg.epochs, cfg.train_limit) == ("sgd", 0.01, 3, 2048)
+
+
+def test_unknown_field_in_file_is_named(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"learning_rate": 0.1}))
+    with pytest.raises(ConfigError, match="unknown config field.*learning_rate"):
+        load_config("default", str(f))
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("default", str(tmp_path / "nope.json"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config("default", str(tmp_path / "bad.json"))
+
+
+def test_round_trip_through_dict():
+    cfg = TrainConfig(model="ann", lr=0.02, num_workers=1)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.per_worker_batch == cfg.batch_size
+
+
+def test_run_options_validate_names():
+    with pytest.raises(ConfigError, match="plain folder name"):
+        RunOptions(name="../escape")
+    assert RunOptions(output="/tmp/x").storage == "/tmp/x"
+    assert RunOptions(output="/tmp/x", storage_path="s3://bucket/p").storage == "s3://bucket/p"

@@ -1,0 +1,113 @@
+"""The IDX loader on the real MNIST files, and every way a file can be wrong."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from mnist_ray import data
+from mnist_ray.errors import DataError
+from tests.conftest import MNIST
+
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data.load("mnist")
+
+
+def test_shapes_dtypes_and_label_counts(mnist):
+    assert mnist.train_x.shape == (60000, 28, 28) and mnist.train_x.dtype == np.uint8
+    assert mnist.test_x.shape == (10000, 28, 28)
+    assert np.bincount(mnist.train_y).tolist() == TRAIN_COUNTS
+    assert np.bincount(mnist.test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_normalisation_gives_zero_mean_unit_std(mnist):
+    x = data.normalize(mnist.train_x[:20000])
+    assert tuple(x.shape) == (20000, 1, 28, 28)
+    assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1) < 0.01
+
+
+def test_split_is_seeded_disjoint_and_limit_keeps_validation():
+    train, val = data.split_train_val(60000, 5000, seed=1)
+    assert len(val) == 5000 and len(train) == 55000 and not set(train) & set(val)
+    train2, val2 = data.split_train_val(60000, 5000, seed=1, limit=1000)
+    assert np.array_equal(val, val2) and len(train2) == 1000
+    assert not np.array_equal(val, data.split_train_val(60000, 5000, seed=2)[1])
+
+
+def _copy(tmp_path):
+    for f in MNIST.glob("*.gz"):
+        shutil.copy(f, tmp_path / f.name)
+    return tmp_path
+
+
+def _rewrite(path, mutate):
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    path.write_bytes(gzip.compress(bytes(mutate(raw))))
+
+
+def test_raw_files_in_torchvision_layout_load(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST.glob("*.gz"):
+        (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+    assert data.load("mnist", tmp_path).test_y.shape == (10000,)
+
+
+def test_checksum_mismatch_names_the_file(tmp_path):
+    _rewrite(_copy(tmp_path) / "t10k-images-idx3-ubyte.gz", lambda b: b[:-1] + bytes([(b[-1] + 1) % 256]))
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: SHA-256 mismatch"):
+        data.load("mnist", tmp_path)
+
+
+def test_truncated_gzip(tmp_path):
+    f = _copy(tmp_path) / "train-labels-idx1-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: corrupted or truncated gzip"):
+        data.load("mnist", tmp_path)
+
+
+def test_truncated_raw_file(tmp_path):
+    _rewrite(_copy(tmp_path) / "t10k-images-idx3-ubyte.gz", lambda b: b[:-100])
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: truncated"):
+        data.load("mnist", tmp_path)
+
+
+def test_wrong_magic_number(tmp_path):
+    _rewrite(_copy(tmp_path) / "t10k-labels-idx1-ubyte.gz", lambda b: b"\x00\x00\x08\x03" + b[4:])
+    with pytest.raises(DataError, match="wrong IDX magic number 2051, expected 2049"):
+        data.load("mnist", tmp_path)
+
+
+def test_image_label_count_mismatch(tmp_path):
+    def drop_one(b):  # a consistent, shorter labels file: header count 9999, 9999 labels
+        return b[:4] + (9999).to_bytes(4, "big") + b[8:-1]
+
+    _rewrite(_copy(tmp_path) / "t10k-labels-idx1-ubyte.gz", drop_one)
+    with pytest.raises(DataError, match="test: 10000 images but 9999 labels"):
+        data.load("mnist", tmp_path)
+
+
+def test_missing_file_in_explicit_folder(tmp_path):
+    (_copy(tmp_path) / "train-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="lacks train-images-idx3-ubyte"):
+        data.load("mnist", tmp_path)
+
+
+def test_download_failure_says_where_to_put_files(tmp_path):
+    # Port 9 on loopback refuses connections: the same failure as a machine with no network.
+    with pytest.raises(DataError, match="pass --data-dir"):
+        data.download("mnist", tmp_path, mirrors=("http://127.0.0.1:9/",))
+    assert not list(tmp_path.glob("*.gz"))
+
+
+@pytest.mark.skipif(not data.DATASET_INFO["fashion-mnist"].default_dir.is_dir(), reason="dataset-fashion-mnist absent")
+def test_fashion_mnist_from_debian_package():
+    arrays = data.load("fashion-mnist")
+    assert arrays.train_x.shape == (60000, 28, 28) and np.bincount(arrays.test_y).tolist() == [1000] * 10

@@ -1,0 +1,40 @@
+"""Model registry and output shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_ray import models
+from mnist_ray.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", ["ann", "cnn"])
+def test_output_shape_and_gradients(name):
+    model = models.build(name, seed=0)
+    x = torch.randn(5, 1, 28, 28)
+    out = model(x)
+    assert out.shape == (5, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_cnn_has_batch_norm_and_pooling():
+    kinds = {type(m) for m in models.build("cnn").modules()}
+    assert torch.nn.BatchNorm2d in kinds and torch.nn.MaxPool2d in kinds and torch.nn.Conv2d in kinds
+
+
+def test_seeded_build_is_reproducible():
+    a, b = models.build("cnn", seed=3), models.build("cnn", seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ConfigError, match="unknown model 'vit'; valid models: ann, cnn"):
+        models.build("vit")
+
+
+def test_weight_decay_skips_biases_and_norms():
+    decay, no_decay = models.param_groups(models.build("cnn"), 1e-4)
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
