@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg, opts = cli.config_from_args(args), cli.run_options(args)
     cli.ensure_writable(opts.output)
+    if args.evaluate:
+        cli.ensure_writable(args.reports)
     cluster.connect(args.num_cpus, verbose=args.verbose)
     print(f"training {cfg.model} on {cfg.dataset}: {cfg.num_workers} workers x {cfg.cpus_per_worker} CPU"
           f"{' + GPU' if cfg.use_gpu else ''}, {cfg.epochs} epochs, run {opts.name}", flush=True)

@@ -98,7 +98,6 @@ def predict(checkpoint: Path, dataset: str | None = None, data_dir: str | None =
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         num_gpus=1 if use_gpu else 0,
-        max_restarts=0,  # the model state is a constructor argument; a lost actor fails the run loudly
     )
     predictions = scored.to_pandas().sort_values("index", ignore_index=True)
     predictions["correct"] = predictions["label"] == predictions["predicted"]
@@ -134,9 +133,9 @@ def digit_errors(predictions: pd.DataFrame, classes: int = 10) -> pd.DataFrame:
     return table
 
 
-def summary_metrics(predictions: pd.DataFrame) -> dict[str, float]:
+def summary_metrics(predictions: pd.DataFrame, classes: int = 10) -> dict[str, float]:
     """Accuracy, mean cross-entropy and macro precision/recall/F1."""
-    classes = per_class(confusion(predictions))
+    classes = per_class(confusion(predictions, classes))
     return {
         "n": len(predictions),
         "accuracy": float(predictions["correct"].mean()),
