@@ -22,9 +22,11 @@ def connect(num_cpus: int | None = None, verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # Options for starting a new local instance; joining an existing cluster rejects them.
-    kwargs = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": num_cpus, "include_dashboard": False}
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's status tables; our callbacks print instead
+    # num_cpus only applies to a new local instance; joining an existing cluster rejects it. The dashboard
+    # (on 127.0.0.1) stays on: Ray's state API needs it, and Ray Train's placement-group cleaner uses that
+    # API to free the CPUs of a run whose controller was killed (e.g. a Tune trial stopped by ASHA).
+    kwargs = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": num_cpus}
     ray.init(
         logging_level=logging.INFO if verbose else logging.WARNING,
         log_to_driver=verbose,
