@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from mnist_ray.atomic import atomic_path
 
@@ -126,6 +126,7 @@ def plot_tune(trials: pd.DataFrame, curves: dict[str, pd.DataFrame], path: str |
     for optimizer, group in trials.groupby("optimizer", sort=True):
         ax_lr.scatter(group["lr"], group["best_val_acc"], label=str(optimizer))
     ax_lr.set_xscale("log")
+    ax_lr.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on narrow ranges
     ax_lr.set(xlabel="learning rate", ylabel="best validation accuracy", title="trials")
     for trial_id, curve in curves.items():
         ax_curves.plot(curve["epoch"], curve["val_acc"], "o-", label=str(trial_id))
