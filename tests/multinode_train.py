@@ -1,0 +1,43 @@
+"""Run by test_multinode.py in its own process: a 2-node ray.cluster_utils.Cluster and a 2-worker run on it.
+
+Prints one JSON line: the run's output paths and the node of each Ray Train worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import ray  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.state import list_actors  # noqa: E402
+
+from mnist_ray import runner  # noqa: E402
+from mnist_ray.config import RunOptions, TrainConfig  # noqa: E402
+
+
+def main(output: str) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING")
+        cfg = TrainConfig(epochs=2, train_limit=1024, val_size=256, batch_size=64, augment=False, num_workers=2)
+        out = runner.train(cfg, RunOptions(name="multinode", output=output))
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100)
+        print(json.dumps({
+            "history": str(out.history), "curves": str(out.curves), "best": str(out.best_checkpoint),
+            "worker_nodes": sorted({w.node_id for w in workers}),
+            "cluster_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
+            "addresses": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),
+        }))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

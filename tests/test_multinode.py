@@ -1,0 +1,27 @@
+"""Two Ray nodes on one machine (ray.cluster_utils.Cluster): 2 workers land on different nodes, same outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_workers_on_two_nodes(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "multinode_train.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(info["cluster_nodes"]) == 2 and len(info["worker_nodes"]) == 2  # one worker per node
+    assert set(info["worker_nodes"]) == set(info["cluster_nodes"])
+    assert info["addresses"] == ["127.0.0.1"]  # every node on loopback
+    history = pd.read_parquet(info["history"])
+    assert history["epoch"].tolist() == [1, 2] and history["train_loss"].iloc[1] < history["train_loss"].iloc[0]
+    assert (tmp_path / "multinode" / "curves.png").is_file() and (tmp_path / "multinode" / "config.json").is_file()
