@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout or a job's working dir
 
-from mnist_ray import cli, cluster, evaluation, reports  # noqa: E402
+from mnist_ray import checkpoints, cli, cluster, data, evaluation, reports  # noqa: E402
 from mnist_ray.config import DATASETS, RunOptions  # noqa: E402
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, MnistRayError  # noqa: E402
 
@@ -45,19 +45,32 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = evaluation.resolve_checkpoint(args.checkpoint, args.run, args.models_dir)
     run_id = args.run_id or reports.new_run_id()
     reports.check_run_dir(args.reports, run_id, args.overwrite)
-    cli.ensure_writable(args.reports)
+    state = checkpoints.load(checkpoint, dataset=args.dataset)  # missing, corrupt, unsafe or wrong dataset: stop here
+    checkpoints.build_model(state)
+    arrays = data.load(state["dataset"], args.data_dir)
+    cli.ensure_writable(args.reports)  # the first thing written, after every check that needs no Ray
     cluster.connect(args.num_cpus, verbose=args.verbose)
-    return report(checkpoint, args.reports, run_id, args)
+    return report(checkpoint, args.reports, run_id, args, arrays)
 
 
-def report(checkpoint: Path, folder: str, run_id: str, args) -> int:
+def report(checkpoint: Path, folder: str, run_id: str, args, arrays: data.Arrays) -> int:
     """Evaluate, print the headline figures and paths, and apply the accuracy threshold."""
     print(f"evaluating {checkpoint}", flush=True)
-    path, m = reports.evaluate_to_report(checkpoint, folder, run_id, args.overwrite, dataset=args.dataset,
-                                         data_dir=args.data_dir, use_gpu=args.use_gpu, actors=args.actors,
-                                         batch_size=args.batch_size)
-    print(f"test accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, macro F1 {m['macro_f1']:.4f} "
-          f"on {m['n']} images in {m['seconds']:.1f}s")
+    path, m = reports.evaluate_to_report(
+        checkpoint,
+        folder,
+        run_id,
+        args.overwrite,
+        dataset=args.dataset,
+        use_gpu=args.use_gpu,
+        actors=args.actors,
+        batch_size=args.batch_size,
+        arrays=arrays,
+    )
+    print(
+        f"test accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, macro F1 {m['macro_f1']:.4f} "
+        f"on {m['n']} images in {m['seconds']:.1f}s"
+    )
     print(f"report: {path}\nsummary: {path / 'summary.md'}")
     if args.min_accuracy is not None and m["accuracy"] < args.min_accuracy:
         print(f"error: accuracy {m['accuracy']:.4f} is below --min-accuracy {args.min_accuracy}", file=sys.stderr)

@@ -37,16 +37,30 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     workers = args.num_workers  # None = derived from the cluster by tuning.plan
     base = cli.config_from_args(args)
-    space = tuning.SearchSpace(args.lr_min, args.lr_max, tuple(args.lr_values), tuple(args.optimizers),
-                               tuple(args.models), tuple(args.batch_sizes),
-                               tuple(args.weight_decay_range) if args.weight_decay_range else None)
-    opts = tuning.SweepOptions(args.num_samples, args.grace_period, args.reduction_factor, args.max_concurrent,
-                               cli.run_options(args), args.resume)
+    space = tuning.SearchSpace(
+        args.lr_min,
+        args.lr_max,
+        tuple(args.lr_values),
+        tuple(args.optimizers),
+        tuple(args.models),
+        tuple(args.batch_sizes),
+        tuple(args.weight_decay_range) if args.weight_decay_range else None,
+    )
+    opts = tuning.SweepOptions(
+        args.num_samples,
+        args.grace_period,
+        args.reduction_factor,
+        args.max_concurrent,
+        cli.run_options(args),
+        args.resume,
+    )
     cli.ensure_writable(opts.run.output)
     cluster.connect(args.num_cpus, verbose=args.verbose)
     out = tuning.sweep(base, space, opts, workers, emit=lambda line: print(line, flush=True))
-    print(f"{out['trials_run']} trials in {out['wall_s']:.0f}s, {out['stopped_early']} stopped early by ASHA; "
-          f"best {out['best_trial']}: val acc {out['best_val_acc']:.2%}")
+    print(
+        f"{out['trials_run']} trials in {out['wall_s']:.0f}s, {out['stopped_early']} stopped early by ASHA; "
+        f"best {out['best_trial']}: val acc {out['best_val_acc']:.2%}"
+    )
     for label in ("trials", "plot", "best_config", "best_checkpoint"):
         print(f"{label:>16}: {out[label]}")
     return 0

@@ -22,8 +22,15 @@ FILENAME = "model.pt"
 FORMAT = 1
 
 
-def save(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-         config: dict[str, Any], epoch: int, history: list[dict[str, Any]]) -> Path:
+def save(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    config: dict[str, Any],
+    epoch: int,
+    history: list[dict[str, Any]],
+) -> Path:
     """Write ``model.pt`` into ``directory`` (temp name, then rename) and return its path."""
     path = Path(directory) / FILENAME
     state = {
@@ -55,7 +62,11 @@ def load(path: str | Path, model: str | None = None, dataset: str | None = None)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"checkpoint {file} holds objects other than weights; refusing to load it ({exc})") from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else "")
+        raise CheckpointError(
+            f"checkpoint {file} holds objects other than weights; refusing to load it ({reason})"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint {file} is corrupt or truncated: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -66,7 +66,9 @@ def add_run_flags(p: argparse.ArgumentParser, default_name: str) -> None:
     d = RunOptions()
     p.add_argument("--name", default=default_name, help="run name; the same name resumes its last checkpoint")
     p.add_argument("--output", default=d.output, help="folder for reports (<output>/<name>/)")
-    p.add_argument("--storage-path", help="Ray Train checkpoint storage (path, NFS or s3://bucket/prefix); default --output")
+    p.add_argument(
+        "--storage-path", help="Ray Train checkpoint storage (path, NFS or s3://bucket/prefix); default --output"
+    )
     p.add_argument("--data-dir", help="folder with the four IDX files (raw or .gz); default: the dataset's own place")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts after lost workers")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="best checkpoints kept")
@@ -76,8 +78,14 @@ def add_run_flags(p: argparse.ArgumentParser, default_name: str) -> None:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from the parsed flags."""
-    return RunOptions(name=args.name, output=args.output, storage_path=args.storage_path, data_dir=args.data_dir,
-                      max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints)
+    return RunOptions(
+        name=args.name,
+        output=args.output,
+        storage_path=args.storage_path,
+        data_dir=args.data_dir,
+        max_failures=args.max_failures,
+        keep_checkpoints=args.keep_checkpoints,
+    )
 
 
 def ensure_writable(folder: str | Path) -> Path:
@@ -100,7 +108,7 @@ def main(job: Callable[[], int | None]) -> None:
     try:
         code = job()
     except MnistRayError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)  # always one line
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)

@@ -120,12 +120,14 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "fast": {"epochs": 2, "augment": False, "lr": 5e-3},
-    "best": {"epochs": 30, "label_smoothing": 0.1},
+    "best": {"epochs": 30},
     "smoke": {"epochs": 2, "train_limit": 2048, "val_size": 512, "batch_size": 64},
 }
 
 
-def load_config(preset: str = "default", path: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    preset: str = "default", path: str | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Merge a preset, an optional JSON file and flag overrides (later wins) into a config."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")

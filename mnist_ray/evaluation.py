@@ -79,17 +79,28 @@ class Evaluation:
     images: np.ndarray
 
 
-def predict(checkpoint: Path, dataset: str | None = None, data_dir: str | None = None, use_gpu: bool = False,
-            actors: int = 2, batch_size: int = 1000) -> Evaluation:
-    """Score every test image with Ray Data over ``actors`` model replicas; Ray must be initialised."""
+def predict(
+    checkpoint: Path,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    use_gpu: bool = False,
+    actors: int = 2,
+    batch_size: int = 1000,
+    arrays: data.Arrays | None = None,
+) -> Evaluation:
+    """Score every test image with Ray Data over ``actors`` model replicas; Ray must be initialised.
+
+    ``arrays`` (already parsed, of the checkpoint's dataset) saves reading the files again.
+    """
     import ray
 
     state = checkpoints.load(checkpoint, dataset=dataset)
-    arrays = data.load(state["dataset"], data_dir)
+    checkpoints.build_model(state)  # fail here, not in an actor, when the weights do not fit the architecture
+    arrays = arrays if arrays is not None else data.load(state["dataset"], data_dir)
     n = len(arrays.test_y)
     frame = pd.DataFrame({"index": np.arange(n), "label": arrays.test_y, "image": list(arrays.test_x)})
     bounds = np.linspace(0, n, actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
-    ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     scored = ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"state": state, "use_gpu": use_gpu},
@@ -118,8 +129,9 @@ def per_class(matrix: np.ndarray) -> pd.DataFrame:
     recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return pd.DataFrame({"digit": np.arange(len(tp)), "precision": precision, "recall": recall, "f1": f1,
-                         "support": actual})
+    return pd.DataFrame(
+        {"digit": np.arange(len(tp)), "precision": precision, "recall": recall, "f1": f1, "support": actual}
+    )
 
 
 def digit_errors(predictions: pd.DataFrame, classes: int = 10) -> pd.DataFrame:

@@ -35,20 +35,34 @@ def check_run_dir(reports: str | Path, run_id: str, overwrite: bool) -> Path:
     return path
 
 
-def write_report(ev: evaluation.Evaluation, reports: str | Path, run_id: str, started_at: str, seconds: float,
-                 overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
+def write_report(
+    ev: evaluation.Evaluation,
+    reports: str | Path,
+    run_id: str,
+    started_at: str,
+    seconds: float,
+    overwrite: bool = False,
+) -> tuple[Path, dict[str, Any]]:
     """Write every report file for ``ev`` into ``<reports>/<run_id>/`` and append to the history."""
     target = check_run_dir(reports, run_id, overwrite)
     preds = ev.predictions
     matrix = evaluation.confusion(preds)
     errors = evaluation.digit_errors(preds)
     classes = evaluation.per_class(matrix)
-    metrics = {"run_id": run_id, "checkpoint": str(ev.checkpoint), "model": ev.model, "dataset": ev.dataset,
-               **evaluation.summary_metrics(preds), "started_at": started_at, "seconds": seconds}
+    metrics = {
+        "run_id": run_id,
+        "checkpoint": str(ev.checkpoint),
+        "model": ev.model,
+        "dataset": ev.dataset,
+        **evaluation.summary_metrics(preds),
+        "started_at": started_at,
+        "seconds": seconds,
+    }
     with atomic.atomic_dir(target, overwrite=overwrite) as tmp:
         pd.DataFrame([metrics]).to_parquet(tmp / "metrics.parquet", index=False)
-        preds[["index", "label", "predicted", "confidence", "correct"]].to_parquet(tmp / "predictions.parquet",
-                                                                                  index=False)
+        preds[["index", "label", "predicted", "confidence", "correct"]].to_parquet(
+            tmp / "predictions.parquet", index=False
+        )
         _confusion_frame(matrix).to_parquet(tmp / "confusion_matrix.parquet", index=False)
         errors.to_parquet(tmp / "digit_errors.parquet", index=False)
         classes.to_parquet(tmp / "per_class.parquet", index=False)
@@ -61,8 +75,9 @@ def write_report(ev: evaluation.Evaluation, reports: str | Path, run_id: str, st
     return target, metrics
 
 
-def evaluate_to_report(checkpoint: Path, reports: str | Path, run_id: str, overwrite: bool = False,
-                       **predict_kwargs: Any) -> tuple[Path, dict[str, Any]]:
+def evaluate_to_report(
+    checkpoint: Path, reports: str | Path, run_id: str, overwrite: bool = False, **predict_kwargs: Any
+) -> tuple[Path, dict[str, Any]]:
     """Score ``checkpoint`` on the test set with Ray Data and write its report; Ray must be initialised."""
     check_run_dir(reports, run_id, overwrite)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -80,8 +95,9 @@ def _gallery(ev: evaluation.Evaluation, path: Path) -> Path:
     """The most confident mistakes first."""
     wrong = ev.predictions[~ev.predictions["correct"]].nlargest(GALLERY, "confidence")
     idx = wrong["index"].to_numpy()
-    return plots.plot_misclassified(ev.images[idx], wrong["label"].to_numpy(), wrong["predicted"].to_numpy(),
-                                    wrong["confidence"].to_numpy(), path)
+    return plots.plot_misclassified(
+        ev.images[idx], wrong["label"].to_numpy(), wrong["predicted"].to_numpy(), wrong["confidence"].to_numpy(), path
+    )
 
 
 def append_history(reports: Path, metrics: dict[str, Any]) -> None:
@@ -118,7 +134,10 @@ def _summary(m: dict[str, Any], errors: pd.DataFrame, classes: pd.DataFrame) -> 
         "",
         "| digit | precision | recall | F1 | support |",
         "|---:|---:|---:|---:|---:|",
-        *(f"| {r.digit} | {r.precision:.4f} | {r.recall:.4f} | {r.f1:.4f} | {r.support} |" for r in classes.itertuples()),
+        *(
+            f"| {r.digit} | {r.precision:.4f} | {r.recall:.4f} | {r.f1:.4f} | {r.support} |"
+            for r in classes.itertuples()
+        ),
         "",
         "## Figures",
         "",

@@ -5,6 +5,7 @@ The same :func:`make_trainer` builds the trainer for the train job and for every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -18,8 +19,8 @@ from typing import Any
 import pandas as pd
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.v2.api.callback import UserCallback
 from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
 
 from mnist_ray import atomic, checkpoints, data, plots
 from mnist_ray.config import RunOptions, TrainConfig
@@ -47,20 +48,26 @@ def check_fits(cfg: TrainConfig, trials: int = 1) -> None:
     node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
     need_cpu = cfg.num_workers * cfg.cpus_per_worker * trials
     if cfg.cpus_per_worker > max(node_cpus, default=0):
-        raise ResourceError(f"no node has {cfg.cpus_per_worker} CPUs for one worker (largest: {max(node_cpus, default=0):g}); "
-                            "lower --cpus-per-worker")
+        raise ResourceError(
+            f"no node has {cfg.cpus_per_worker} CPUs for one worker (largest: {max(node_cpus, default=0):g}); "
+            "lower --cpus-per-worker"
+        )
     if need_cpu > total.get("CPU", 0):
         fit = int(total.get("CPU", 0) // cfg.cpus_per_worker)
-        raise ResourceError(f"{cfg.num_workers} workers x {cfg.cpus_per_worker} CPU need {need_cpu} CPUs but the cluster "
-                            f"has {total.get('CPU', 0):g}: use --num-workers {max(fit // trials, 1)} or fewer")
+        raise ResourceError(
+            f"{cfg.num_workers} workers x {cfg.cpus_per_worker} CPU need {need_cpu} CPUs but the cluster "
+            f"has {total.get('CPU', 0):g}: use --num-workers {max(fit // trials, 1)} or fewer"
+        )
     if cfg.use_gpu and cfg.num_workers * trials > total.get("GPU", 0):
-        raise ResourceError(f"--use-gpu needs {cfg.num_workers * trials} GPUs (one per worker) but the cluster has "
-                            f"{total.get('GPU', 0):g}: lower --num-workers or drop --use-gpu")
+        raise ResourceError(
+            f"--use-gpu needs {cfg.num_workers * trials} GPUs (one per worker) but the cluster has "
+            f"{total.get('GPU', 0):g}: lower --num-workers or drop --use-gpu"
+        )
 
 
-def put_data(cfg: TrainConfig, data_dir: str | None) -> dict[str, tuple]:
-    """Parse the dataset once on the driver and place the train/validation splits in the object store."""
-    arrays = data.load(cfg.dataset, data_dir)
+def put_data(cfg: TrainConfig, data_dir: str | None, arrays: data.Arrays | None = None) -> dict[str, tuple]:
+    """Place the train/validation splits in the object store (parsing the files unless ``arrays`` is given)."""
+    arrays = arrays if arrays is not None else data.load(cfg.dataset, data_dir)
     train_idx, val_idx = data.split_train_val(len(arrays.train_x), cfg.val_size, cfg.seed, cfg.train_limit)
     return {
         "train": (ray.put(arrays.train_x[train_idx]), ray.put(arrays.train_y[train_idx])),
@@ -68,8 +75,9 @@ def put_data(cfg: TrainConfig, data_dir: str | None) -> dict[str, tuple]:
     }
 
 
-def make_trainer(cfg: TrainConfig, opts: RunOptions, data_refs: dict[str, tuple],
-                 callbacks: list[UserCallback] | None = None) -> TorchTrainer:
+def make_trainer(
+    cfg: TrainConfig, opts: RunOptions, data_refs: dict[str, tuple], callbacks: list[UserCallback] | None = None
+) -> TorchTrainer:
     """A TorchTrainer for ``cfg`` that keeps the best checkpoints by validation accuracy."""
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     return TorchTrainer(
@@ -98,8 +106,7 @@ class _QueueCallback(UserCallback):
         self.queue.put_nowait(dict(metrics[0]))
 
 
-def fit_with_progress(trainer_factory: Callable[[list[UserCallback]], TorchTrainer],
-                      on_epoch: Callable[[dict], None]):
+def fit_with_progress(trainer_factory: Callable[[list[UserCallback]], TorchTrainer], on_epoch: Callable[[dict], None]):
     """Run ``trainer.fit()`` in a thread while calling ``on_epoch`` on the driver for each report."""
     from ray.util.queue import Empty, Queue
 
@@ -116,10 +123,8 @@ def fit_with_progress(trainer_factory: Callable[[list[UserCallback]], TorchTrain
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     while thread.is_alive() or not queue.empty():
-        try:
+        with contextlib.suppress(Empty):
             on_epoch(queue.get(timeout=0.5))
-        except Empty:
-            pass
     ray.kill(queue.actor)
     if "error" in box:
         raise box["error"]
@@ -134,16 +139,26 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
     previous = TrainConfig.from_dict(json.loads(file.read_text()))
     for key in ("model", "dataset", "num_workers", "batch_size", "seed"):
         if getattr(previous, key) != getattr(cfg, key):
-            raise ConfigError(f"run {run_dir.name} exists with {key}={getattr(previous, key)!r}, not "
-                              f"{getattr(cfg, key)!r}: pass a new --name to start a fresh run")
+            raise ConfigError(
+                f"run {run_dir.name} exists with {key}={getattr(previous, key)!r}, not "
+                f"{getattr(cfg, key)!r}: pass a new --name to start a fresh run"
+            )
 
 
-def train(cfg: TrainConfig, opts: RunOptions, on_epoch: Callable[[dict], None] = lambda m: None) -> TrainOutputs:
-    """Run (or resume) training for ``cfg`` and write its reports; Ray must already be initialised."""
+def train(
+    cfg: TrainConfig,
+    opts: RunOptions,
+    on_epoch: Callable[[dict], None] = lambda m: None,
+    arrays: data.Arrays | None = None,
+) -> TrainOutputs:
+    """Run (or resume) training for ``cfg`` and write its reports; Ray must already be initialised.
+
+    Jobs pass ``arrays`` parsed before Ray starts, so bad data files fail before any resources are used.
+    """
     run_dir = Path(opts.output).expanduser().resolve() / opts.name
     check_resume(cfg, run_dir)
     check_fits(cfg)
-    refs = put_data(cfg, opts.data_dir)
+    refs = put_data(cfg, opts.data_dir, arrays)
     atomic.write_json(run_dir / "config.json", cfg.to_dict())
     result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs), on_epoch)
     if result.error:
@@ -177,9 +192,11 @@ def progress_printer(cfg: TrainConfig, emit: Callable[[str], None] = print) -> C
     def on_epoch(m: dict) -> None:
         seen.append(m["epoch_s"])
         eta = (cfg.epochs - m["epoch"]) * sum(seen) / len(seen)
-        emit(f"epoch {m['epoch']:>3}/{cfg.epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.2%}  "
-             f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.2%}  lr {m['lr']:.2e}  "
-             f"{m['images_per_s']:,.0f} img/s  {m['epoch_s']:.1f}s  elapsed {time.perf_counter() - started:.0f}s  "
-             f"ETA {eta:.0f}s")
+        emit(
+            f"epoch {m['epoch']:>3}/{cfg.epochs}  train loss {m['train_loss']:.4f} acc {m['train_acc']:.2%}  "
+            f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.2%}  lr {m['lr']:.2e}  "
+            f"{m['images_per_s']:,.0f} img/s  {m['epoch_s']:.1f}s  elapsed {time.perf_counter() - started:.0f}s  "
+            f"ETA {eta:.0f}s"
+        )
 
     return on_epoch

@@ -26,19 +26,21 @@ def trial_rows(grid, params: list[str], epochs: int) -> tuple[pd.DataFrame, dict
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         best = history.loc[history["val_acc"].idxmax()] if len(history) else {}
         done = int(history["epoch"].max()) if len(history) else 0
-        rows.append({
-            "trial_id": trial_id,
-            **{p: result.config.get(p) for p in params},
-            "best_val_acc": float(best.get("val_acc", float("nan"))) if len(history) else float("nan"),
-            "best_val_loss": float(history["val_loss"].min()) if len(history) else float("nan"),
-            "last_val_acc": float(history["val_acc"].iloc[-1]) if len(history) else float("nan"),
-            "last_val_loss": float(history["val_loss"].iloc[-1]) if len(history) else float("nan"),
-            "epochs_completed": done,
-            "stopped_early": result.error is None and done < epochs,
-            "error": None if result.error is None else str(result.error).splitlines()[0][:300],
-            "wall_s": float((result.metrics or {}).get("time_total_s", float("nan"))),
-            "checkpoint_path": best.get("checkpoint_path") if len(history) else None,
-        })
+        rows.append(
+            {
+                "trial_id": trial_id,
+                **{p: result.config.get(p) for p in params},
+                "best_val_acc": float(best.get("val_acc", float("nan"))) if len(history) else float("nan"),
+                "best_val_loss": float(history["val_loss"].min()) if len(history) else float("nan"),
+                "last_val_acc": float(history["val_acc"].iloc[-1]) if len(history) else float("nan"),
+                "last_val_loss": float(history["val_loss"].iloc[-1]) if len(history) else float("nan"),
+                "epochs_completed": done,
+                "stopped_early": result.error is None and done < epochs,
+                "error": None if result.error is None else str(result.error).splitlines()[0][:300],
+                "wall_s": float((result.metrics or {}).get("time_total_s", float("nan"))),
+                "checkpoint_path": best.get("checkpoint_path") if len(history) else None,
+            }
+        )
         curves[trial_id] = history[["epoch", "val_acc"]].astype(float)
     return pd.DataFrame(rows).sort_values("best_val_acc", ascending=False, ignore_index=True), curves
 
@@ -57,8 +59,14 @@ def write(grid, out: Path, params: list[str], base: TrainConfig, wall_s: float) 
         "best_config": atomic.write_json(out / "best.json", best_cfg.to_dict()),
         "best_checkpoint": _copy_checkpoint(best["checkpoint_path"], out / "best_checkpoint" / checkpoints.FILENAME),
     }
-    return {**paths, "best_trial": best["trial_id"], "best_val_acc": float(best["best_val_acc"]), "wall_s": wall_s,
-            "trials_run": len(trials), "stopped_early": int(trials["stopped_early"].sum())}
+    return {
+        **paths,
+        "best_trial": best["trial_id"],
+        "best_val_acc": float(best["best_val_acc"]),
+        "wall_s": wall_s,
+        "trials_run": len(trials),
+        "stopped_early": int(trials["stopped_early"].sum()),
+    }
 
 
 def _copy_checkpoint(source: str, target: Path) -> Path:

@@ -8,6 +8,7 @@ uint8 train/validation arrays; each worker keeps only its shard, normalised once
 from __future__ import annotations
 
 import math
+import resource
 import tempfile
 import time
 from typing import Any
@@ -81,8 +82,15 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                cfg: TrainConfig, epoch: int, gen: torch.Generator) -> tuple[float, float, float]:
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    epoch: int,
+    gen: torch.Generator,
+) -> tuple[float, float, float]:
     """One pass over this worker's shard; returns global (loss, accuracy, last lr)."""
     model.train()
     batch = cfg.per_worker_batch
@@ -170,12 +178,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "lr": lr,
             "epoch_s": time.perf_counter() - start,
             "images_per_s": len(train_x) * world / train_s,
+            "worker_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
-                checkpoints.save(folder, model=model, optimizer=optimizer, config=cfg.to_dict(),
-                                 epoch=epoch + 1, history=history)
+                checkpoints.save(
+                    folder, model=model, optimizer=optimizer, config=cfg.to_dict(), epoch=epoch + 1, history=history
+                )
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:03d}")

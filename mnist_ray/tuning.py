@@ -62,7 +62,9 @@ class SearchSpace:
     def param_space(self) -> dict[str, Any]:
         """The Tune search space over TrainConfig field names."""
         space: dict[str, Any] = {
-            "lr": tune.grid_search(list(self.lr_values)) if self.lr_values else tune.loguniform(self.lr_min, self.lr_max),
+            "lr": tune.grid_search(list(self.lr_values))
+            if self.lr_values
+            else tune.loguniform(self.lr_min, self.lr_max),
             "optimizer": tune.choice(list(self.optimizers)),
             "model": tune.choice(list(self.models)),
         }
@@ -87,7 +89,9 @@ class SweepOptions:
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor <= 1 or self.max_concurrent < 0:
-            raise ConfigError("need --num-samples >= 1, --grace-period >= 1, --reduction-factor > 1, --max-concurrent >= 0")
+            raise ConfigError(
+                "need --num-samples >= 1, --grace-period >= 1, --reduction-factor > 1, --max-concurrent >= 0"
+            )
 
 
 def plan(base: TrainConfig, trials: int, workers: int | None, max_concurrent: int = 0) -> tuple[TrainConfig, int]:
@@ -101,8 +105,10 @@ def plan(base: TrainConfig, trials: int, workers: int | None, max_concurrent: in
     if workers is None:  # spread the cluster over the trials, at least one worker each
         workers = max(1, slots // trials)
     if workers > slots:
-        raise ResourceError(f"{workers} workers per trial need {workers * per_worker} {unit}s but the cluster has "
-                            f"{total.get(unit, 0):g}: use --num-workers {slots} or fewer")
+        raise ResourceError(
+            f"{workers} workers per trial need {workers * per_worker} {unit}s but the cluster has "
+            f"{total.get(unit, 0):g}: use --num-workers {slots} or fewer"
+        )
     batch = base.batch_size - base.batch_size % workers or workers
     cfg = base.with_updates(num_workers=workers, batch_size=batch)
     runner.check_fits(cfg)
@@ -133,8 +139,10 @@ class _TrialLog(tune.Callback):
         params = ", ".join(f"{k}={_fmt(trial.config[k])}" for k in self.params)
         epochs = result.get("epoch", 0)
         stopped = "  (stopped early by ASHA)" if epochs < self.epochs else ""
-        self.emit(f"trial {self.done:>2} {trial.trial_id}: {params}  epochs {epochs}  "
-                  f"val acc {acc:.2%}  best so far {self.best:.2%}{stopped}")
+        self.emit(
+            f"trial {self.done:>2} {trial.trial_id}: {params}  epochs {epochs}  "
+            f"val acc {acc:.2%}  best so far {self.best:.2%}{stopped}"
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.emit(f"trial {trial.trial_id} failed: {trial.error_file}")
@@ -160,27 +168,42 @@ def make_tuner(base: TrainConfig, space: SearchSpace, opts: SweepOptions, concur
     if tune.Tuner.can_restore(path):
         raise ConfigError(f"sweep {path} exists: pass --resume to continue it, or a new --name")
     fixed = {k: v for k, v in base.to_dict().items() if k not in space.param_space()}
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=base.epochs, grace_period=min(opts.grace_period, base.epochs),
-                              reduction_factor=opts.reduction_factor)
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        max_t=base.epochs,
+        grace_period=min(opts.grace_period, base.epochs),
+        reduction_factor=opts.reduction_factor,
+    )
     return tune.Tuner(
         trainable,
         param_space={**fixed, **space.param_space()},
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=opts.num_samples, scheduler=scheduler,
-                                    max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(name=opts.run.name, storage_path=storage, verbose=0,
-                                  callbacks=[_TrialLog(list(space.param_space()), base.epochs, emit)]),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            num_samples=opts.num_samples,
+            scheduler=scheduler,
+            max_concurrent_trials=concurrency,
+        ),
+        run_config=tune.RunConfig(
+            name=opts.run.name,
+            storage_path=storage,
+            verbose=0,
+            callbacks=[_TrialLog(list(space.param_space()), base.epochs, emit)],
+        ),
     )
 
 
-def sweep(base: TrainConfig, space: SearchSpace, opts: SweepOptions, workers: int | None = None,
-          emit=log.info) -> dict[str, Path]:
+def sweep(
+    base: TrainConfig, space: SearchSpace, opts: SweepOptions, workers: int | None = None, emit=log.info
+) -> dict[str, Path]:
     """Run (or resume) a sweep and write trials.parquet, tune.png, best.json and the best checkpoint."""
     trials = opts.num_samples * max(len(space.lr_values), 1)
     cfg, concurrency = plan(base, trials, workers, opts.max_concurrent)
-    emit(f"sweep {opts.run.name}: {trials} trials, {concurrency} at a time, {cfg.num_workers} worker(s) x "
-         f"{cfg.cpus_per_worker} CPU each, {cfg.epochs} epochs, ASHA on {METRIC}")
+    emit(
+        f"sweep {opts.run.name}: {trials} trials, {concurrency} at a time, {cfg.num_workers} worker(s) x "
+        f"{cfg.cpus_per_worker} CPU each, {cfg.epochs} epochs, ASHA on {METRIC}"
+    )
     start = time.perf_counter()
     grid = make_tuner(cfg, space, opts, concurrency, emit).fit()
     out = Path(opts.run.output).expanduser().resolve() / opts.run.name
     return sweep_report.write(grid, out, list(space.param_space()), base, time.perf_counter() - start)
-

@@ -1,4 +1,4 @@
-"""Run by test_multinode.py in its own process: a 2-node ray.cluster_utils.Cluster and a 2-worker run on it.
+"""Run by test_multinode.py in its own process (python -m tests.multinode_train): a 2-node ray.cluster_utils.Cluster and a 2-worker run on it.
 
 Prints one JSON line: the run's output paths and the node of each Ray Train worker.
 """
@@ -17,10 +17,12 @@ from ray.util.state import list_actors  # noqa: E402
 
 from mnist_ray import runner  # noqa: E402
 from mnist_ray.config import RunOptions, TrainConfig  # noqa: E402
+from tests.ray_head import free_ports  # noqa: E402
 
 
 def main(output: str) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    port = free_ports(1)[0]  # the tests' own Ray session already holds the default dashboard port
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": port})
     cluster.add_node(num_cpus=1)
     try:
         cluster.wait_for_nodes()
@@ -28,12 +30,18 @@ def main(output: str) -> None:
         cfg = TrainConfig(epochs=2, train_limit=1024, val_size=256, batch_size=64, augment=False, num_workers=2)
         out = runner.train(cfg, RunOptions(name="multinode", output=output))
         workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100)
-        print(json.dumps({
-            "history": str(out.history), "curves": str(out.curves), "best": str(out.best_checkpoint),
-            "worker_nodes": sorted({w.node_id for w in workers}),
-            "cluster_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
-            "addresses": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),
-        }))
+        print(
+            json.dumps(
+                {
+                    "history": str(out.history),
+                    "curves": str(out.curves),
+                    "best": str(out.best_checkpoint),
+                    "worker_nodes": sorted({w.node_id for w in workers}),
+                    "cluster_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
+                    "addresses": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),
+                }
+            )
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -33,17 +34,37 @@ class RayHead:
         self.temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
         self.dashboard = f"http://127.0.0.1:{dash}"
         self.gcs = f"127.0.0.1:{gcs}"
-        self.env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-                    "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_ADDRESS": ""}
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-               f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-               f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
-               f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--num-cpus={num_cpus}",
-               f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
+        self.env = {
+            **os.environ,
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_AUTH_MODE": "token",
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            "RAY_ADDRESS": "",
+        }
+        cmd = [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={env_agent}",
+            f"--node-manager-port={nm}",
+            f"--object-manager-port={om}",
+            f"--num-cpus={num_cpus}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]
         self.log = open(Path(self.temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -69,12 +90,17 @@ class RayHead:
 
     def ray(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the ``ray`` CLI against this head (job submission goes through its dashboard)."""
-        return subprocess.run([str(BIN / "ray"), *args], env={**self.env, "RAY_ADDRESS": self.dashboard},
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "ray"), *args],
+            env={**self.env, "RAY_ADDRESS": self.dashboard},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL, the head's process group only."""
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
@@ -85,8 +111,6 @@ class RayHead:
             except subprocess.TimeoutExpired:
                 continue
         time.sleep(1)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers (workers) left in the group
-        except ProcessLookupError:
-            pass
         self.log.close()

@@ -28,8 +28,17 @@ def report(tiny_run, tmp_path_factory):
 
 def test_report_has_every_file(report):
     _, folder, _ = report
-    expected = {"metrics.parquet", "predictions.parquet", "confusion_matrix.parquet", "confusion_matrix.png",
-                "digit_errors.parquet", "digit_errors.png", "misclassified.png", "per_class.parquet", "summary.md"}
+    expected = {
+        "metrics.parquet",
+        "predictions.parquet",
+        "confusion_matrix.parquet",
+        "confusion_matrix.png",
+        "digit_errors.parquet",
+        "digit_errors.png",
+        "misclassified.png",
+        "per_class.parquet",
+        "summary.md",
+    }
     assert {p.name for p in folder.iterdir()} == expected
 
 
@@ -77,9 +86,25 @@ def test_min_accuracy_exit_code_after_writing_report(ray_session, tiny_run, tmp_
     """The real job, joined to the test's Ray cluster: writes the report, then exits 3."""
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     result = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "evaluate.py"), "--run", str(tiny_run[2].run_dir), "--reports",
-         str(tmp_path), "--run-id", "gate", "--min-accuracy", "0.9999", "--actors", "1"],
-        capture_output=True, text=True, timeout=180, env=env)
+        [
+            sys.executable,
+            str(REPO / "jobs" / "evaluate.py"),
+            "--run",
+            str(tiny_run[2].run_dir),
+            "--reports",
+            str(tmp_path),
+            "--run-id",
+            "gate",
+            "--min-accuracy",
+            "0.9999",
+            "--actors",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert result.returncode == EXIT_BELOW_THRESHOLD, result.stderr[-2000:]
     assert "is below --min-accuracy 0.9999" in result.stderr
     assert (tmp_path / "gate" / "summary.md").is_file()

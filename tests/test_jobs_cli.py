@@ -13,8 +13,9 @@ from tests.conftest import REPO
 
 def run_job(script: str, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_ADDRESS": ""}
-    return subprocess.run([sys.executable, str(REPO / "jobs" / script), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.parametrize("script", ["train.py", "evaluate.py", "tune.py"])

@@ -26,7 +26,7 @@ def test_cnn_has_batch_norm_and_pooling():
 
 def test_seeded_build_is_reproducible():
     a, b = models.build("cnn", seed=3), models.build("cnn", seed=3)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_unknown_model_lists_valid_names():

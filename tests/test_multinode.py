@@ -15,8 +15,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_workers_on_two_nodes(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "tests" / "multinode_train.py"), str(tmp_path)],
-                            capture_output=True, text=True, timeout=400, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.multinode_train", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(info["cluster_nodes"]) == 2 and len(info["worker_nodes"]) == 2  # one worker per node

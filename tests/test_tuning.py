@@ -29,8 +29,11 @@ def _opts(tmp_path, name, **kw) -> tuning.SweepOptions:
 
 def _sampled(sweep_dir: Path) -> dict[str, dict]:
     """What Tune itself recorded as each trial's parameters (params.json in each trial folder)."""
-    return {d.name.split("_")[2] + "_" + d.name.split("_")[3]: json.loads((d / "params.json").read_text())
-            for d in sweep_dir.glob("run_trial_*") if (d / "params.json").is_file()}
+    return {
+        d.name.split("_")[2] + "_" + d.name.split("_")[3]: json.loads((d / "params.json").read_text())
+        for d in sweep_dir.glob("run_trial_*")
+        if (d / "params.json").is_file()
+    }
 
 
 def test_sweep_of_four_trials_on_two_cpus(tmp_path):
@@ -70,16 +73,37 @@ def test_impossible_layout_fails_fast():
 
 
 def _tune_cmd(tmp_path, *extra):
-    return [sys.executable, str(REPO / "jobs" / "tune.py"), "--output", str(tmp_path), "--name", "resumable",
-            "--epochs", "1", "--train-limit", "1024", "--val-size", "256", "--batch-size", "64", "--no-augment",
-            "--num-samples", "2", "--max-concurrent", "1", "--optimizers", "adam", *extra]
+    return [
+        sys.executable,
+        str(REPO / "jobs" / "tune.py"),
+        "--output",
+        str(tmp_path),
+        "--name",
+        "resumable",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "1024",
+        "--val-size",
+        "256",
+        "--batch-size",
+        "64",
+        "--no-augment",
+        "--num-samples",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--optimizers",
+        "adam",
+        *extra,
+    ]
 
 
 def _wait_for_terminated_trial(sweep: Path, proc, timeout=240) -> None:
     """Block until Tune's saved experiment state records a finished trial."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if any('TERMINATED' in f.read_text(errors="ignore") for f in sweep.glob("experiment_state-*.json")):
+        if any("TERMINATED" in f.read_text(errors="ignore") for f in sweep.glob("experiment_state-*.json")):
             return
         time.sleep(1)
     raise AssertionError("no trial finished before the deadline")

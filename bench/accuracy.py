@@ -1,0 +1,52 @@
+"""Accuracy and time-to-accuracy: default CNN, ANN, --preset best and --preset fast, each trained from scratch
+with jobs/train.py and its best checkpoint evaluated on the 10k test set with jobs/evaluate.py.
+
+Also the fixed overhead of jobs/train.py (wall time minus the summed epoch times) and peak memory.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pandas as pd
+
+from bench import common
+
+RECIPES = {
+    "cnn_default": [],
+    "ann": ["--model", "ann", "--epochs", "20", "--lr", "2e-3"],
+    "cnn_fast": ["--preset", "fast"],
+    "cnn_best": ["--preset", "best"],
+}
+
+
+def measure(name: str, flags: list[str]) -> dict:
+    """Train, evaluate, and collect the figures of one recipe."""
+    wall, run_dir, stdout = common.train(name, *flags)
+    history = pd.read_parquet(run_dir / "history.parquet")
+    eval_wall, metrics = common.evaluate(run_dir, f"bench-{name}")
+    rss = re.search(r"peak RSS: driver (\d+) MB, worker (\d+) MB", stdout)
+    return {
+        "command": "python jobs/train.py " + " ".join(flags),
+        "epochs": len(history),
+        "train_wall_s": round(wall, 1),
+        "sum_epoch_s": round(float(history["epoch_s"].sum()), 1),
+        "fixed_overhead_s": round(wall - float(history["epoch_s"].sum()), 1),
+        "best_val_acc": float(history["val_acc"].max()),
+        "test_accuracy": float(metrics["accuracy"]),
+        "test_loss": float(metrics["loss"]),
+        "evaluate_wall_s": round(eval_wall, 1),
+        "driver_peak_rss_mb": int(rss.group(1)) if rss else None,
+        "worker_peak_rss_mb": int(rss.group(2)) if rss else None,
+        "train_images_per_s_median": round(float(history["images_per_s"].median())),
+    }
+
+
+def main(names: list[str]) -> None:
+    for name in names or list(RECIPES):
+        common.save(f"accuracy_{name}", measure(name, RECIPES[name]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,59 @@
+"""P4 evaluation speed: wall time of jobs/evaluate.py on the 10k test set (median of 3), and Ray Data
+batch-inference images/s against a plain torch inference loop over the same checkpoint, same run."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from bench import common
+from mnist_ray import checkpoints, cluster, data, evaluation
+
+REPEATS = 3
+
+
+def plain(state: dict, arrays: data.Arrays, threads: int = 2, batch: int = 1000) -> float:
+    """images/s of a plain single-process inference loop."""
+    torch.set_num_threads(threads)
+    model = checkpoints.build_model(state)
+    x = data.normalize(arrays.test_x)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            model(x[i : i + batch]).argmax(1)
+    return len(x) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    run_dir = common.WORK / "runs" / "cnn_default"
+    if not (run_dir / "best_checkpoint" / "model.pt").is_file():
+        common.train("cnn_default")
+    walls = [common.evaluate(run_dir, f"bench-eval-{i}")[0] for i in range(REPEATS)]
+    ckpt = run_dir / "best_checkpoint" / "model.pt"
+    state, arrays = checkpoints.load(ckpt), data.load("mnist")
+    cluster.connect()
+    evaluation.predict(ckpt, arrays=arrays)  # warm: actor and worker processes started once
+    ray_rates, plain_rates = [], []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        evaluation.predict(ckpt, arrays=arrays)
+        ray_rates.append(round(10000 / (time.perf_counter() - start)))
+        plain_rates.append(round(plain(state, arrays)))
+    common.save(
+        "evaluation",
+        {
+            "command": f"python jobs/evaluate.py --run {run_dir}",
+            "evaluate_wall_s_runs": [round(w, 1) for w in walls],
+            "evaluate_wall_s_median": round(common.median(walls), 1),
+            "ray_data_images_per_s_runs": ray_rates,
+            "plain_images_per_s_runs": plain_rates,
+            "ray_data_images_per_s": common.median(ray_rates),
+            "plain_images_per_s": common.median(plain_rates),
+            "ratio": round(common.median(ray_rates) / common.median(plain_rates), 3),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

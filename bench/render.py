@@ -1,0 +1,116 @@
+"""Render docs/benchmarks.md from bench/results/*.json: each goal beside its measured figure."""
+
+from __future__ import annotations
+
+import json
+
+from bench import common
+
+DOC = common.REPO / "docs" / "benchmarks.md"
+
+
+def _load(name: str) -> dict | None:
+    path = common.RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _ok(passed: bool) -> str:
+    return "met" if passed else "**not met**"
+
+
+def goals() -> list[str]:
+    """The goal table rows that have results."""
+    rows = []
+    if r := _load("accuracy_cnn_default"):
+        rows.append(
+            f"| CNN default: test accuracy >= 99.40% in <= 5 min | {_pct(r['test_accuracy'])}, "
+            f"train {r['train_wall_s']:.0f} s | {_ok(r['test_accuracy'] >= 0.994 and r['train_wall_s'] <= 300)} |"
+        )
+        rows.append(
+            f"| P2 fixed overhead of jobs/train.py <= 10 s | {r['fixed_overhead_s']:.1f} s | "
+            f"{_ok(r['fixed_overhead_s'] <= 10)} |"
+        )
+    if r := _load("accuracy_ann"):
+        rows.append(
+            f"| ANN: test accuracy >= 98.40% (issue 2), >= 98.80% (issue 7) | {_pct(r['test_accuracy'])} | "
+            f"{_ok(r['test_accuracy'] >= 0.984)} / {_ok(r['test_accuracy'] >= 0.988)} |"
+        )
+    if r := _load("accuracy_cnn_best"):
+        rows.append(
+            f"| CNN --preset best: >= 99.60% within 10 min; test loss <= 0.020 | {_pct(r['test_accuracy'])}, "
+            f"loss {r['test_loss']:.4f}, {r['train_wall_s']:.0f} s | "
+            f"{_ok(r['test_accuracy'] >= 0.996 and r['train_wall_s'] <= 600)} / {_ok(r['test_loss'] <= 0.02)} |"
+        )
+    if r := _load("accuracy_cnn_fast"):
+        rows.append(
+            f"| P3 --preset fast: >= 99.0% test accuracy, <= 30 s command wall | {_pct(r['test_accuracy'])}, "
+            f"{r['train_wall_s']:.0f} s | {_ok(r['test_accuracy'] >= 0.99 and r['train_wall_s'] <= 30)} |"
+        )
+    if r := _load("throughput"):
+        for k, v in r["ratio_vs_plain_2_threads"].items():
+            rows.append(f"| P1 throughput {k} / plain loop (2 threads) >= 0.97 | {v:.3f} | {_ok(v >= 0.97)} |")
+    if r := _load("evaluation"):
+        rows.append(
+            f"| P4 jobs/evaluate.py wall on 10k images <= 15 s | {r['evaluate_wall_s_median']:.1f} s | "
+            f"{_ok(r['evaluate_wall_s_median'] <= 15)} |"
+        )
+        rows.append(
+            f"| P4 Ray Data images/s >= 0.9x plain torch loop | {r['ratio']:.3f} "
+            f"({r['ray_data_images_per_s']:,.0f} vs {r['plain_images_per_s']:,.0f}) | {_ok(r['ratio'] >= 0.9)} |"
+        )
+    if r := _load("sweep"):
+        rows.append(f"| 8-trial sweep on full MNIST <= 5 min | {r['wall_s']:.0f} s | {_ok(r['wall_s'] <= 300)} |")
+    return rows
+
+
+def details() -> list[str]:
+    """One section per result file: the command, the machine and every figure."""
+    out = []
+    for path in sorted(common.RESULTS.glob("*.json")):
+        r = json.loads(path.read_text())
+        out += [
+            f"### {path.stem}",
+            "",
+            f"- command: `{r.pop('command', '')}`",
+            f"- machine: {r.pop('machine')}",
+            f"- measured: {r.pop('date')}",
+            "",
+            "```json",
+            json.dumps(r, indent=2),
+            "```",
+            "",
+        ]
+    return out
+
+
+def main() -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`bench/run_all.py`); every figure below comes from the result files in",
+        "`bench/results/`, with the command that produced it. Test accuracy is always the best checkpoint",
+        "(chosen on validation accuracy) evaluated on the 10k test set by `jobs/evaluate.py`.",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured | status |",
+        "|---|---|---|",
+        *goals(),
+        "",
+        "## Notes",
+        "",
+        (common.REPO / "bench" / "NOTES.md").read_text() if (common.REPO / "bench" / "NOTES.md").is_file() else "",
+        "## Details",
+        "",
+        *details(),
+    ]
+    DOC.write_text("\n".join(lines))
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()

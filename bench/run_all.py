@@ -1,0 +1,28 @@
+"""`make bench`: run every benchmark (or those named: accuracy throughput evaluation sweep), then render
+docs/benchmarks.md. Takes about 30 minutes on a 2-core machine; run nothing else meanwhile."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import accuracy, evaluation, render, sweep, throughput  # noqa: E402
+
+BENCHES = {"accuracy": accuracy.main, "throughput": throughput.main, "evaluation": evaluation.main, "sweep": sweep.main}
+
+
+def main(names: list[str]) -> None:
+    for name in names or list(BENCHES):
+        if name == "accuracy":
+            accuracy.main([])
+        elif name.startswith("accuracy:"):
+            accuracy.main(name.split(":", 1)[1].split(","))
+        else:
+            BENCHES[name]()
+    render.main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

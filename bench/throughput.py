@@ -1,0 +1,88 @@
+"""P1 throughput parity and scaling: training images/s of the same loop under Ray Train and as a plain
+single-process PyTorch loop, same model, batch size, data and cores, measured in the same run.
+
+Each layout trains 2 epochs on 20,000 images without augmentation; the second epoch's images/s counts
+(the first includes warm-up). Three repetitions, median reported.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+
+from bench import common
+from mnist_ray import data, models, training
+from mnist_ray.config import TrainConfig
+
+SUBSET = {"train_limit": 20000, "epochs": 2, "augment": False, "batch_size": 128, "val_size": 1000}
+REPEATS = 3
+
+
+def plain_loop(threads: int) -> float:
+    """images/s of training.train_epoch in this process (no Ray), second epoch."""
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(**SUBSET, num_workers=1, cpus_per_worker=threads)
+    arrays = data.load("mnist")
+    train_idx, _ = data.split_train_val(60000, cfg.val_size, cfg.seed, cfg.train_limit)
+    x, y = data.normalize(arrays.train_x[train_idx]), torch.from_numpy(arrays.train_y[train_idx])
+    model = models.build("cnn", seed=0)
+    optimizer = training.build_optimizer(model, cfg)
+    rate = 0.0
+    for epoch in range(cfg.epochs):
+        start = time.perf_counter()
+        training.train_epoch(model, optimizer, x, y, cfg, epoch, torch.Generator().manual_seed(epoch))
+        rate = len(x) / (time.perf_counter() - start)
+    return rate
+
+
+def ray_train(workers: int, cpus: int) -> float:
+    """images/s reported by a Ray Train run (second epoch)."""
+    flags = [
+        "--no-augment",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "20000",
+        "--val-size",
+        "1000",
+        "--batch-size",
+        "128",
+        "--num-workers",
+        str(workers),
+        "--cpus-per-worker",
+        str(cpus),
+    ]
+    _, run_dir, _ = common.train(f"p1_{workers}x{cpus}", *flags)
+    return float(pd.read_parquet(run_dir / "history.parquet")["images_per_s"].iloc[-1])
+
+
+def main() -> None:
+    layouts = {
+        "plain 1 process x 2 threads": lambda: plain_loop(2),
+        "plain 1 process x 1 thread": lambda: plain_loop(1),
+        "ray 2 workers x 1 CPU": lambda: ray_train(2, 1),
+        "ray 1 worker x 2 CPUs": lambda: ray_train(1, 2),
+        "ray 1 worker x 1 CPU": lambda: ray_train(1, 1),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in layouts}
+    for _ in range(REPEATS):  # interleaved, so drift in the machine's speed hits every layout alike
+        for name, fn in layouts.items():
+            runs[name].append(round(fn()))
+    med = {name: common.median(v) for name, v in runs.items()}
+    base = med["plain 1 process x 2 threads"]
+    common.save(
+        "throughput",
+        {
+            "command": "python bench/throughput.py",
+            "setup": SUBSET,
+            "runs_images_per_s": runs,
+            "median_images_per_s": med,
+            "ratio_vs_plain_2_threads": {k: round(v / base, 3) for k, v in med.items() if k.startswith("ray")},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Faults a real run meets: a SIGKILLed worker, a killed driver, a killed evaluation; and loopback-only binds."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mnist_ray import runner
+from mnist_ray.config import RunOptions, TrainConfig
+from tests.conftest import REPO, TINY
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+SLOWER = {**TINY, "train_limit": 8192, "epochs": 4}  # epochs of a few seconds: time to kill mid-run
+
+
+def _alive_train_workers() -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+    return [a.pid for a in actors]
+
+
+def test_lost_worker_restarts_from_last_checkpoint(tmp_path):
+    killed: list[int] = []
+    reports: list[dict] = []
+    final_workers: list[int] = []
+
+    def on_epoch(metrics: dict) -> None:
+        reports.append(metrics)
+        if metrics["epoch"] == 1 and not killed:
+            pid = _alive_train_workers()[0]
+            os.kill(pid, signal.SIGKILL)  # a real worker process of this run, as an OOM kill would
+            killed.append(pid)
+        if metrics["epoch"] == 4:
+            final_workers.extend(_alive_train_workers())
+
+    out = runner.train(TrainConfig(**SLOWER), RunOptions(name="lost", output=str(tmp_path), max_failures=2), on_epoch)
+    history = pd.read_parquet(out.history)
+    assert killed and killed[0] not in final_workers  # a new worker group finished the run
+    assert history["epoch"].tolist() == [1, 2, 3, 4]  # every epoch exactly once
+    assert history["val_acc"].iloc[-1] > 0.9 and history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+
+
+def _job(script: str, *args: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def _kill_after_line(proc: subprocess.Popen, prefix: str, delay: float = 0.0, timeout: float = 240) -> list[str]:
+    """Read the job's output until a line starts with ``prefix``, then SIGKILL the driver."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith(prefix):
+            time.sleep(delay)
+            proc.kill()
+            proc.communicate()
+            return lines
+    proc.kill()
+    raise AssertionError("".join(lines)[-3000:])
+
+
+@pytest.fixture
+def cluster_env(ray_session) -> dict:
+    """Environment for a job process that joins the tests' Ray cluster."""
+    return {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+
+
+def test_killed_train_driver_resumes_with_the_same_command(tmp_path, cluster_env):
+    args = [
+        "--output",
+        str(tmp_path),
+        "--name",
+        "interrupted",
+        "--epochs",
+        "3",
+        "--train-limit",
+        "8192",
+        "--val-size",
+        "512",
+        "--batch-size",
+        "64",
+        "--no-augment",
+    ]
+    _kill_after_line(_job("train.py", *args, env=cluster_env), "epoch   1/3")
+    again = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        env=cluster_env,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    epochs = [ln.split()[1] for ln in again.stdout.splitlines() if ln.startswith("epoch ")]
+    assert epochs and epochs[0] != "1/3" and epochs[-1] == "3/3"  # continued, did not start over
+    assert pd.read_parquet(tmp_path / "interrupted" / "history.parquet")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_killed_evaluation_leaves_no_partial_report(tmp_path, cluster_env, tiny_run):
+    proc = _job(
+        "evaluate.py",
+        "--run",
+        str(tiny_run[2].run_dir),
+        "--reports",
+        str(tmp_path),
+        "--run-id",
+        "cut",
+        "--actors",
+        "1",
+        env=cluster_env,
+    )
+    _kill_after_line(proc, "evaluating", delay=2.0)
+    report = tmp_path / "cut"
+    complete = {
+        "metrics.parquet",
+        "predictions.parquet",
+        "confusion_matrix.parquet",
+        "confusion_matrix.png",
+        "digit_errors.parquet",
+        "digit_errors.png",
+        "misclassified.png",
+        "per_class.parquet",
+        "summary.md",
+    }
+    assert not report.exists() or {p.name for p in report.iterdir()} == complete
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_ray_processes_started_by_the_tests_listen_on_loopback_only():
+    ours = _descendants(os.getpid())
+    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    checked = 0
+    for line in listening:
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if pids & ours:
+            address = line.split()[3].rsplit(":", 1)[0]
+            assert address in {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}, line
+            checked += 1
+    assert checked >= 3  # GCS, raylet, dashboard at least
