@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     state = checkpoints.load(checkpoint, dataset=args.dataset)  # missing, corrupt, unsafe or wrong dataset: stop here
     checkpoints.build_model(state)
     arrays = data.load(state["dataset"], args.data_dir)
-    cli.ensure_writable(args.reports)  # the first thing written, after every check that needs no Ray
+    cli.ensure_writable(args.reports, "--reports")  # the first thing written, after every check that needs no Ray
     cluster.connect(args.num_cpus, verbose=args.verbose)
     return report(checkpoint, args.reports, run_id, args, arrays)
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     arrays = data.load(cfg.dataset, opts.data_dir)  # verify and parse the files before Ray starts
     cli.ensure_writable(opts.output)
     if args.evaluate:
-        cli.ensure_writable(args.reports)
+        cli.ensure_writable(args.reports, "--reports")
     cluster.connect(args.num_cpus, verbose=args.verbose)
     print(
         f"training {cfg.model} on {cfg.dataset}: {cfg.num_workers} workers x {cfg.cpus_per_worker} CPU"

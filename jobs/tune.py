@@ -32,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
     s.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep 1/factor of trials per rung")
     s.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0 = what the cluster fits)")
-    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep with this --name")
-    p.set_defaults(epochs=3)
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted sweep --name (its saved definition; search flags are ignored)",
+    )
     args = p.parse_args(argv)
+    if args.epochs is None and args.config is None and args.preset == "default":
+        args.epochs = 3  # sweeps compare short runs; a preset or config file keeps its own epochs
     workers = args.num_workers  # None = derived from the cluster by tuning.plan
     base = cli.config_from_args(args)
     space = tuning.SearchSpace(

@@ -72,6 +72,11 @@ def add_run_flags(p: argparse.ArgumentParser, default_name: str) -> None:
     p.add_argument("--data-dir", help="folder with the four IDX files (raw or .gz); default: the dataset's own place")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts after lost workers")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="best checkpoints kept")
+    p.add_argument(
+        "--wait-for-resources",
+        action="store_true",
+        help="skip the fail-fast layout check (an autoscaling cluster adds GPU nodes on demand)",
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (ignored when joining a cluster)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
 
@@ -85,20 +90,21 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         data_dir=args.data_dir,
         max_failures=args.max_failures,
         keep_checkpoints=args.keep_checkpoints,
+        wait_for_resources=args.wait_for_resources,
     )
 
 
-def ensure_writable(folder: str | Path) -> Path:
+def ensure_writable(folder: str | Path, flag: str = "--output") -> Path:
     """Create ``folder`` if needed and prove we can write there, before any work starts."""
-    path = Path(folder).expanduser().resolve()
     if "://" in str(folder):
-        return path
+        raise MnistRayError(f"{flag} {folder} must be a local folder; put checkpoints on s3:// with --storage-path")
+    path = Path(folder).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test"):
             pass
     except OSError as exc:
-        raise MnistRayError(f"cannot write to {path} ({exc.strerror}): pass a writable --output") from None
+        raise MnistRayError(f"cannot write to {path} ({exc.strerror}): pass a writable {flag}") from None
     return path
 
 

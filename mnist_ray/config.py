@@ -70,9 +70,18 @@ class TrainConfig:
         for name in ("lr", "epochs", "batch_size", "num_workers", "cpus_per_worker"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}: pass --{_flag(name)} > 0")
-        for name in ("weight_decay", "momentum", "val_size", "train_limit", "dropout", "label_smoothing"):
+        for name in ("weight_decay", "momentum", "train_limit", "dropout", "label_smoothing"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.val_size < self.num_workers:
+            raise ConfigError(
+                f"val_size {self.val_size} gives a worker no validation images: use --val-size >= "
+                f"--num-workers ({self.num_workers})"
+            )
+        if 0 < self.train_limit < self.batch_size:
+            raise ConfigError(
+                f"train_limit {self.train_limit} is below one batch ({self.batch_size}): raise --train-limit"
+            )
         if self.label_smoothing >= 1 or self.dropout >= 1:
             raise ConfigError("label_smoothing and dropout must be below 1")
         if self.val_size >= 60000:
@@ -95,10 +104,10 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {sorted(known)}")
-        try:
-            return cls(**values)
-        except TypeError as exc:  # pragma: no cover - guarded by the key check above
-            raise ConfigError(str(exc)) from exc
+        for f in fields(cls):
+            if f.name in values:
+                _check_type(f.name, values[f.name], type(f.default))
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, JSON-serialisable and accepted by :meth:`from_dict`."""
@@ -145,6 +154,8 @@ def read_config_file(path: str) -> dict[str, Any]:
         values = json.loads(file.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     if not isinstance(values, dict):
@@ -168,6 +179,8 @@ class RunOptions:
     """Worker-group restarts Ray Train allows after a lost worker before giving up."""
     keep_checkpoints: int = 2
     """Best checkpoints kept by validation accuracy (the latest is always kept too)."""
+    wait_for_resources: bool = False
+    """Skip the fail-fast layout check: an autoscaling cluster will add the nodes the run asks for."""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -179,8 +192,18 @@ class RunOptions:
 
     @property
     def storage(self) -> str:
-        """Ray Train storage path: explicit storage_path, else the absolute output folder."""
-        return self.storage_path or str(Path(self.output).expanduser().resolve())
+        """Ray Train storage path: explicit storage_path (URIs as given), else the absolute output folder."""
+        path = self.storage_path or self.output
+        return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def _check_type(name: str, value: Any, kind: type) -> None:
+    """JSON gives ints for floats (fine) but must not give floats, strings or lists for ints."""
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        raise ConfigError(f"config field {name} must be {kind.__name__}, got {value!r}")
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_ray import checkpoints, data
-from mnist_ray.errors import CheckpointError
+from mnist_ray.errors import CheckpointError, ResourceError
 
 BEST = Path("best_checkpoint") / checkpoints.FILENAME
 
@@ -96,6 +96,8 @@ def predict(
 
     state = checkpoints.load(checkpoint, dataset=dataset)
     checkpoints.build_model(state)  # fail here, not in an actor, when the weights do not fit the architecture
+    if use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
+        raise ResourceError("--use-gpu: this Ray cluster has no GPU; drop --use-gpu")
     arrays = arrays if arrays is not None else data.load(state["dataset"], data_dir)
     n = len(arrays.test_y)
     frame = pd.DataFrame({"index": np.arange(n), "label": arrays.test_y, "image": list(arrays.test_x)})

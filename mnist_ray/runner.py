@@ -18,9 +18,8 @@ from typing import Any
 
 import pandas as pd
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
-from ray.train.v2.api.callback import UserCallback
 
 from mnist_ray import atomic, checkpoints, data, plots
 from mnist_ray.config import RunOptions, TrainConfig
@@ -131,12 +130,25 @@ def fit_with_progress(trainer_factory: Callable[[list[UserCallback]], TorchTrain
     return box["result"]
 
 
+def check_storage(opts: RunOptions) -> None:
+    """On a multi-node cluster, checkpoints need storage every node reaches; a local default is not that."""
+    nodes = sum(1 for n in ray.nodes() if n["Alive"])
+    if nodes > 1 and opts.storage_path is None:
+        raise ConfigError(
+            f"this Ray cluster has {nodes} nodes: pass --storage-path on storage every node reaches "
+            "(a shared filesystem, or s3://bucket/prefix)"
+        )
+
+
 def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
     """Refuse to resume a run under a name that was trained with a different model or dataset."""
     file = run_dir / "config.json"
     if not file.is_file():
         return
-    previous = TrainConfig.from_dict(json.loads(file.read_text()))
+    try:
+        previous = TrainConfig.from_dict(json.loads(file.read_text()))
+    except (json.JSONDecodeError, ConfigError) as exc:
+        raise ConfigError(f"{file} is damaged ({exc}): pass a new --name or delete {run_dir}") from None
     for key in ("model", "dataset", "num_workers", "batch_size", "seed"):
         if getattr(previous, key) != getattr(cfg, key):
             raise ConfigError(
@@ -157,7 +169,9 @@ def train(
     """
     run_dir = Path(opts.output).expanduser().resolve() / opts.name
     check_resume(cfg, run_dir)
-    check_fits(cfg)
+    check_storage(opts)
+    if not opts.wait_for_resources:
+        check_fits(cfg)
     refs = put_data(cfg, opts.data_dir, arrays)
     atomic.write_json(run_dir / "config.json", cfg.to_dict())
     result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs), on_epoch)

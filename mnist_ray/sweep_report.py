@@ -24,7 +24,8 @@ def trial_rows(grid, params: list[str], epochs: int) -> tuple[pd.DataFrame, dict
         if history is None or history.empty or "val_acc" not in history:
             history = pd.DataFrame(columns=["epoch", "val_acc", "val_loss", "checkpoint_path"])
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        best = history.loc[history["val_acc"].idxmax()] if len(history) else {}
+        # The last of equally good epochs: with one checkpoint kept per trial, Ray keeps the later one.
+        best = history.loc[history["val_acc"][::-1].idxmax()] if len(history) else {}
         done = int(history["epoch"].max()) if len(history) else 0
         rows.append(
             {
@@ -45,7 +46,7 @@ def trial_rows(grid, params: list[str], epochs: int) -> tuple[pd.DataFrame, dict
     return pd.DataFrame(rows).sort_values("best_val_acc", ascending=False, ignore_index=True), curves
 
 
-def write(grid, out: Path, params: list[str], base: TrainConfig, wall_s: float) -> dict[str, Any]:
+def write(grid, out: Path, params: list[str], base: TrainConfig, wall_s: float, storage: str) -> dict[str, Any]:
     """Write the sweep's reports into ``out`` and return their paths plus headline figures."""
     trials, curves = trial_rows(grid, params, base.epochs)
     finished = trials.dropna(subset=["best_val_acc"])
@@ -57,7 +58,9 @@ def write(grid, out: Path, params: list[str], base: TrainConfig, wall_s: float) 
         "trials": atomic.write_parquet(out / "trials.parquet", trials),
         "plot": plots.plot_tune(trials, {t: curves[t] for t in finished["trial_id"][:TOP_CURVES]}, out / "tune.png"),
         "best_config": atomic.write_json(out / "best.json", best_cfg.to_dict()),
-        "best_checkpoint": _copy_checkpoint(best["checkpoint_path"], out / "best_checkpoint" / checkpoints.FILENAME),
+        "best_checkpoint": _copy_checkpoint(
+            _with_scheme(best["checkpoint_path"], storage), out / "best_checkpoint" / checkpoints.FILENAME
+        ),
     }
     return {
         **paths,
@@ -74,6 +77,13 @@ def _copy_checkpoint(source: str, target: Path) -> Path:
     with Checkpoint(source).as_directory() as folder, atomic.atomic_path(target) as tmp:
         shutil.copyfile(Path(folder) / checkpoints.FILENAME, tmp)
     return target
+
+
+def _with_scheme(path: str, storage: str) -> str:
+    """Tune reports checkpoint paths without the URI scheme (``bucket/key``); put back ``s3://`` etc."""
+    if "://" in storage and "://" not in path:
+        return f"{storage.split('://', 1)[0]}://{path}"
+    return path
 
 
 def _plain(value: Any) -> Any:

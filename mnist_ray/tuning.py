@@ -7,10 +7,11 @@ Each trial is a Tune function trainable that builds the same ``TorchTrainer`` as
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from mnist_ray import runner, sweep_report
+from mnist_ray import atomic, runner, sweep_report
 from mnist_ray.config import MODELS, OPTIMIZERS, RunOptions, TrainConfig
 from mnist_ray.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
 METRIC = "val_acc"
+SPEC = "sweep.json"
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
 
 
@@ -94,8 +96,17 @@ class SweepOptions:
             )
 
 
-def plan(base: TrainConfig, trials: int, workers: int | None, max_concurrent: int = 0) -> tuple[TrainConfig, int]:
+def plan(
+    base: TrainConfig,
+    trials: int,
+    workers: int | None,
+    max_concurrent: int = 0,
+    batch_sizes: tuple[int, ...] = (),
+    wait: bool = False,
+) -> tuple[TrainConfig, int]:
     """Per-trial workers and trial concurrency that fit this cluster, so no trial pends forever."""
+    if wait:  # autoscaling cluster: trust the requested layout, let the autoscaler add nodes
+        return base.with_updates(num_workers=workers or base.num_workers), max_concurrent or trials
     total = ray.cluster_resources()
     unit = "GPU" if base.use_gpu else "CPU"
     per_worker = 1 if base.use_gpu else base.cpus_per_worker
@@ -111,15 +122,22 @@ def plan(base: TrainConfig, trials: int, workers: int | None, max_concurrent: in
         )
     batch = base.batch_size - base.batch_size % workers or workers
     cfg = base.with_updates(num_workers=workers, batch_size=batch)
+    for size in batch_sizes:
+        if size < workers or size % workers or size % base.num_workers:
+            raise ConfigError(
+                f"--batch-sizes {size} must be a multiple of the {workers} worker(s) per trial "
+                f"and of --num-workers {base.num_workers} (used by best.json)"
+            )
     runner.check_fits(cfg)
     concurrency = min(trials, slots // workers)
     return cfg, min(concurrency, max_concurrent) if max_concurrent else concurrency
 
 
-def run_trial(config: dict[str, Any], data_refs: dict[str, tuple], storage: str) -> None:
+def run_trial(config: dict[str, Any], data_refs: dict[str, tuple], storage: str, max_failures: int) -> None:
     """Tune function trainable: one Ray Train run of the shared loop, named after the trial."""
     cfg = TrainConfig.from_dict(config)
-    opts = RunOptions(name=tune.get_context().get_trial_id(), storage_path=storage, keep_checkpoints=1)
+    trial = tune.get_context().get_trial_id()
+    opts = RunOptions(name=trial, storage_path=storage, keep_checkpoints=1, max_failures=max_failures)
     result = runner.make_trainer(cfg, opts, data_refs, callbacks=[TuneReportCallback()]).fit()
     if result.error:
         raise result.error
@@ -156,7 +174,9 @@ def make_tuner(base: TrainConfig, space: SearchSpace, opts: SweepOptions, concur
     """A Tuner over ``space`` whose trials run :func:`run_trial` (fresh, or restored with --resume)."""
     refs = runner.put_data(base, opts.run.data_dir)
     storage = opts.run.storage
-    trainable = tune.with_parameters(run_trial, data_refs=refs, storage=f"{storage}/{opts.run.name}/train")
+    trainable = tune.with_parameters(
+        run_trial, data_refs=refs, storage=f"{storage}/{opts.run.name}/train", max_failures=opts.run.max_failures
+    )
     # The trial only drives its TorchTrainer (whose workers reserve the CPUs/GPUs): reserve memory, no CPU,
     # so a 2-CPU machine runs two 1-worker trials at once. Ray rejects an all-zero request.
     trainable = tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
@@ -197,13 +217,29 @@ def sweep(
     base: TrainConfig, space: SearchSpace, opts: SweepOptions, workers: int | None = None, emit=log.info
 ) -> dict[str, Path]:
     """Run (or resume) a sweep and write trials.parquet, tune.png, best.json and the best checkpoint."""
+    out = Path(opts.run.output).expanduser().resolve() / opts.run.name
+    if opts.resume:  # the sweep's own definition, not today's flags
+        base, space, workers = load_spec(out / SPEC)
     trials = opts.num_samples * max(len(space.lr_values), 1)
-    cfg, concurrency = plan(base, trials, workers, opts.max_concurrent)
+    runner.check_storage(opts.run)
+    cfg, concurrency = plan(base, trials, workers, opts.max_concurrent, space.batch_sizes, opts.run.wait_for_resources)
     emit(
         f"sweep {opts.run.name}: {trials} trials, {concurrency} at a time, {cfg.num_workers} worker(s) x "
         f"{cfg.cpus_per_worker} CPU each, {cfg.epochs} epochs, ASHA on {METRIC}"
     )
     start = time.perf_counter()
-    grid = make_tuner(cfg, space, opts, concurrency, emit).fit()
-    out = Path(opts.run.output).expanduser().resolve() / opts.run.name
-    return sweep_report.write(grid, out, list(space.param_space()), base, time.perf_counter() - start)
+    tuner = make_tuner(cfg, space, opts, concurrency, emit)
+    if not opts.resume:
+        atomic.write_json(out / SPEC, {"base": base.to_dict(), "space": asdict(space), "workers": workers})
+    grid = tuner.fit()
+    params = list(space.param_space())
+    return sweep_report.write(grid, out, params, base, time.perf_counter() - start, opts.run.storage)
+
+
+def load_spec(path: Path) -> tuple[TrainConfig, SearchSpace, int | None]:
+    """The base config, search space and workers a sweep was started with (saved as sweep.json)."""
+    if not path.is_file():
+        raise ConfigError(f"no sweep to resume: {path} does not exist; drop --resume to start one")
+    spec = json.loads(path.read_text())
+    space = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["space"].items()}
+    return TrainConfig.from_dict(spec["base"]), SearchSpace(**space), spec["workers"]

@@ -1,4 +1,4 @@
-"""Run by test_multinode.py in its own process (python -m tests.multinode_train): a 2-node ray.cluster_utils.Cluster and a 2-worker run on it.
+"""A 2-node ray.cluster_utils.Cluster and a 2-worker run on it (python -m tests.multinode_train DIR).
 
 Prints one JSON line: the run's output paths and the node of each Ray Train worker.
 """
@@ -28,7 +28,8 @@ def main(output: str) -> None:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="WARNING")
         cfg = TrainConfig(epochs=2, train_limit=1024, val_size=256, batch_size=64, augment=False, num_workers=2)
-        out = runner.train(cfg, RunOptions(name="multinode", output=output))
+        # Both nodes share this machine's disk, so the output folder is storage every node reaches.
+        out = runner.train(cfg, RunOptions(name="multinode", output=output, storage_path=output))
         workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100)
         print(
             json.dumps(

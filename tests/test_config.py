@@ -25,6 +25,8 @@ from mnist_ray.errors import ConfigError
         ({"batch_size": 10, "num_workers": 4}, "does not split evenly"),
         ({"val_size": 60000}, "leaves no training images"),
         ({"label_smoothing": 1.0}, "below 1"),
+        ({"val_size": 0}, "gives a worker no validation images"),
+        ({"train_limit": 10}, "train_limit 10 is below one batch"),
     ],
 )
 def test_invalid_values_are_rejected(changes, message):
@@ -65,3 +67,20 @@ def test_run_options_validate_names():
         RunOptions(name="../escape")
     assert RunOptions(output="/tmp/x").storage == "/tmp/x"
     assert RunOptions(output="/tmp/x", storage_path="s3://bucket/p").storage == "s3://bucket/p"
+
+
+def test_wrong_types_in_a_config_file_are_named(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"epochs": 2.5}))
+    with pytest.raises(ConfigError, match="config field epochs must be int, got 2.5"):
+        load_config("default", str(f))
+    f.write_text(json.dumps({"lr": 1, "augment": "yes"}))
+    with pytest.raises(ConfigError, match="config field augment must be bool"):
+        load_config("default", str(f))
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config("default", str(tmp_path))
+
+
+def test_relative_storage_path_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert RunOptions(storage_path="ckpts").storage == str(tmp_path / "ckpts")

@@ -38,6 +38,7 @@ def test_help_documents_every_flag(script):
         (["--batch-size", "2", "--num-workers", "4"], "batch_size 2 is below num_workers 4"),
         (["--config", "/nonexistent.json"], "config file /nonexistent.json does not exist"),
         (["--output", "/proc/mnist_ray_out"], "cannot write to /proc/mnist_ray_out"),
+        (["--output", "s3://bucket/runs"], "--output s3://bucket/runs must be a local folder"),
     ],
 )
 def test_train_bad_input_is_one_line_and_exit_2(args, message, tmp_path):

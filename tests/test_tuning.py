@@ -118,9 +118,11 @@ def test_resume_after_killed_driver_skips_finished_trials(ray_session, tmp_path)
     finished = {ln.split()[2].rstrip(":") for ln in before.splitlines() if ln.startswith("trial ")}
     assert finished and not (tmp_path / "resumable" / "trials.parquet").exists()
 
-    again = subprocess.run(_tune_cmd(tmp_path, "--resume"), capture_output=True, text=True, env=env, timeout=300)
+    # --epochs 4 on the resume command is ignored: the sweep continues as it was defined (sweep.json)
+    resume = _tune_cmd(tmp_path, "--resume", "--epochs", "4")
+    again = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     rerun = {ln.split()[2].rstrip(":") for ln in again.stdout.splitlines() if ln.startswith("trial ")}
     assert not rerun & finished  # finished trials were not run again
     trials = pd.read_parquet(tmp_path / "resumable" / "trials.parquet")
-    assert len(trials) == 2 and (trials["epochs_completed"] == 1).all()
+    assert len(trials) == 2 and (trials["epochs_completed"] == 1).all() and not trials["stopped_early"].any()
