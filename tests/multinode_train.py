@@ -17,6 +17,7 @@ from ray.util.state import list_actors  # noqa: E402
 
 from mnist_ray import runner  # noqa: E402
 from mnist_ray.config import RunOptions, TrainConfig  # noqa: E402
+from mnist_ray.errors import ConfigError  # noqa: E402
 from tests.ray_head import free_ports  # noqa: E402
 
 
@@ -28,6 +29,11 @@ def main(output: str) -> None:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="WARNING")
         cfg = TrainConfig(epochs=2, train_limit=1024, val_size=256, batch_size=64, augment=False, num_workers=2)
+        try:  # the default storage (the driver's local disk) is refused on a multi-node cluster
+            runner.train(cfg, RunOptions(name="nostorage", output=output))
+            refused = ""
+        except ConfigError as exc:
+            refused = str(exc)
         # Both nodes share this machine's disk, so the output folder is storage every node reaches.
         out = runner.train(cfg, RunOptions(name="multinode", output=output, storage_path=output))
         workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100)
@@ -38,6 +44,7 @@ def main(output: str) -> None:
                     "curves": str(out.curves),
                     "best": str(out.best_checkpoint),
                     "worker_nodes": sorted({w.node_id for w in workers}),
+                    "refused_without_storage": refused,
                     "cluster_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
                     "addresses": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),
                 }
