@@ -14,6 +14,19 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 REPO = Path(__file__).resolve().parent.parent
 MNIST = REPO / "data" / "mnist"
 
+# Every file of one evaluation report folder (README "Evaluation" table).
+REPORT_FILES = {
+    "metrics.parquet",
+    "predictions.parquet",
+    "confusion_matrix.parquet",
+    "confusion_matrix.png",
+    "digit_errors.parquet",
+    "digit_errors.png",
+    "misclassified.png",
+    "per_class.parquet",
+    "summary.md",
+}
+
 # A run small enough for the suite: 2,048 training images, 512 validation images, 2 epochs, 2 workers.
 TINY = {"epochs": 2, "train_limit": 2048, "val_size": 512, "batch_size": 64, "augment": False, "lr": 3e-3}
 

@@ -13,7 +13,7 @@ from matplotlib import image
 
 from mnist_ray import evaluation, reports
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, CheckpointError, MnistRayError
-from tests.conftest import REPO
+from tests.conftest import REPO, REPORT_FILES
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -28,18 +28,7 @@ def report(tiny_run, tmp_path_factory):
 
 def test_report_has_every_file(report):
     _, folder, _ = report
-    expected = {
-        "metrics.parquet",
-        "predictions.parquet",
-        "confusion_matrix.parquet",
-        "confusion_matrix.png",
-        "digit_errors.parquet",
-        "digit_errors.png",
-        "misclassified.png",
-        "per_class.parquet",
-        "summary.md",
-    }
-    assert {p.name for p in folder.iterdir()} == expected
+    assert {p.name for p in folder.iterdir()} == REPORT_FILES
 
 
 def test_tables_agree_with_predictions(report):

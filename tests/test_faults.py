@@ -15,7 +15,7 @@ import pytest
 
 from mnist_ray import runner
 from mnist_ray.config import RunOptions, TrainConfig
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, REPORT_FILES, TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 SLOWER = {**TINY, "train_limit": 8192, "epochs": 4}  # epochs of a few seconds: time to kill mid-run
@@ -127,18 +127,7 @@ def test_killed_evaluation_leaves_no_partial_report(tmp_path, cluster_env, tiny_
     )
     _kill_after_line(proc, "evaluating", delay=2.0)
     report = tmp_path / "cut"
-    complete = {
-        "metrics.parquet",
-        "predictions.parquet",
-        "confusion_matrix.parquet",
-        "confusion_matrix.png",
-        "digit_errors.parquet",
-        "digit_errors.png",
-        "misclassified.png",
-        "per_class.parquet",
-        "summary.md",
-    }
-    assert not report.exists() or {p.name for p in report.iterdir()} == complete
+    assert not report.exists() or {p.name for p in report.iterdir()} == REPORT_FILES
 
 
 def _descendants(root: int) -> set[int]:
