@@ -8,9 +8,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import accuracy, evaluation, render, sweep, throughput  # noqa: E402
+from bench import accuracy, evaluation, overhead, render, sweep, throughput  # noqa: E402
 
-BENCHES = {"accuracy": accuracy.main, "throughput": throughput.main, "evaluation": evaluation.main, "sweep": sweep.main}
+BENCHES = {
+    "accuracy": accuracy.main,
+    "throughput": throughput.main,
+    "evaluation": evaluation.main,
+    "sweep": sweep.main,
+    "overhead": overhead.main,
+}
 
 
 def main(names: list[str]) -> None:
