@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import accuracy, evaluation, overhead, render, sweep, throughput  # noqa: E402
+from bench import accuracy, cpu_profile, evaluation, overhead, render, sweep, throughput  # noqa: E402
 
 BENCHES = {
     "accuracy": accuracy.main,
@@ -16,6 +16,7 @@ BENCHES = {
     "evaluation": evaluation.main,
     "sweep": sweep.main,
     "overhead": overhead.main,
+    "cpu_profile": cpu_profile.main,
 }
 
 
