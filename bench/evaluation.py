@@ -1,5 +1,7 @@
 """P4 evaluation speed: wall time of jobs/evaluate.py on the 10k test set (median of 3), and Ray Data
-batch-inference images/s against a plain torch inference loop over the same checkpoint, same run."""
+batch-inference images/s against a plain torch inference loop over the same checkpoint, same run: once on
+the 10k test set (end to end, actor start-up included) and once on the test set repeated 10 times
+(100k images, where start-up is amortised)."""
 
 from __future__ import annotations
 
