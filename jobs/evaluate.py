@@ -66,6 +66,7 @@ def report(checkpoint: Path, folder: str, run_id: str, args, arrays: data.Arrays
         actors=args.actors,
         batch_size=args.batch_size,
         arrays=arrays,
+        progress=args.verbose,
     )
     print(
         f"test accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, macro F1 {m['macro_f1']:.4f} "

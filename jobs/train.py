@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:>16}: {path}")
     if args.evaluate:
         run_id = f"{opts.name}-{reports.new_run_id()}"
-        folder, e = reports.evaluate_to_report(out.best_checkpoint, args.reports, run_id, arrays=arrays)
+        folder, e = reports.evaluate_to_report(
+            out.best_checkpoint, args.reports, run_id, arrays=arrays, progress=args.verbose
+        )
         print(f"test accuracy {e['accuracy']:.2%}, test loss {e['loss']:.4f} ({e['n']} images)")
         print(f"{'test report':>16}: {folder / 'summary.md'}")
     return 0

@@ -6,6 +6,7 @@ checkpoint state shared through the object store) and scores many batches.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,12 @@ def predict(
     actors: int = 2,
     batch_size: int = 1000,
     arrays: data.Arrays | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Score every test image with Ray Data over ``actors`` model replicas; Ray must be initialised.
 
-    ``arrays`` (already parsed, of the checkpoint's dataset) saves reading the files again.
+    ``arrays`` (already parsed, of the checkpoint's dataset) saves reading the files again; ``progress``
+    turns on Ray Data's per-operator progress output.
     """
     import ray
 
@@ -101,6 +104,8 @@ def predict(
     arrays = arrays if arrays is not None else data.load(state["dataset"], data_dir)
     n = len(arrays.test_y)
     frame = pd.DataFrame({"index": np.arange(n), "label": arrays.test_y, "image": list(arrays.test_x)})
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
     bounds = np.linspace(0, n, actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     scored = ds.map_batches(
