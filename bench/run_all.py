@@ -1,5 +1,5 @@
-"""`make bench`: run every benchmark (or those named: accuracy throughput evaluation sweep), then render
-docs/benchmarks.md. Takes about 30 minutes on a 2-core machine; run nothing else meanwhile."""
+"""`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
+sweep, overhead, cpu_profile), then render docs/benchmarks.md. About 40 minutes on 2 cores; run nothing else meanwhile."""
 
 from __future__ import annotations
 
