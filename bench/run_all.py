@@ -1,5 +1,7 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
-sweep, overhead, cpu_profile), then render docs/benchmarks.md. About 40 minutes on 2 cores; run nothing else meanwhile."""
+sweep, overhead, cpu_profile), then render docs/benchmarks.md.
+
+About 40 minutes on 2 cores; run nothing else meanwhile."""
 
 from __future__ import annotations
 
