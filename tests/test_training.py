@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mnist_ray import checkpoints, runner, training
-from mnist_ray.config import TrainConfig
+from mnist_ray.config import RunOptions, TrainConfig
 from mnist_ray.errors import ConfigError, ResourceError
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -72,3 +72,11 @@ def test_augmentation_keeps_shape_and_background():
     x = torch.full((4, 1, 28, 28), -0.1307 / 0.3081)
     out = training.random_affine(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and torch.allclose(out, x, atol=1e-5)  # a blank image stays blank
+
+
+def test_same_seed_and_workers_give_the_same_metrics(tiny_run, tmp_path):
+    cfg, _, out, _ = tiny_run
+    again = runner.train(cfg, RunOptions(name="again", output=str(tmp_path)))
+    first, second = pd.read_parquet(out.history), pd.read_parquet(again.history)
+    cols = ["train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    pd.testing.assert_frame_equal(first[cols].iloc[:2], second[cols])
