@@ -37,18 +37,19 @@ def main() -> None:
         common.train("cnn_default")
     walls = [common.evaluate(run_dir, f"bench-eval-{i}")[0] for i in range(REPEATS)]
     ckpt = run_dir / "best_checkpoint" / "model.pt"
-    state, arrays = checkpoints.load(ckpt), data.load("mnist")
+    prep = evaluation.prepare(str(ckpt))
+    state, arrays = prep.state, prep.arrays
     cluster.connect()
-    evaluation.predict(ckpt, arrays=arrays)  # warm: actor and worker processes started once
+    evaluation.predict(prep)  # warm: actor and worker processes started once
     ray_rates, plain_rates = [], []
     for _ in range(REPEATS):
         start = time.perf_counter()
-        evaluation.predict(ckpt, arrays=arrays)
+        evaluation.predict(prep)
         ray_rates.append(round(10000 / (time.perf_counter() - start)))
         plain_rates.append(round(plain(state, arrays)))
     big = data.Arrays(arrays.train_x, arrays.train_y, np.tile(arrays.test_x, (10, 1, 1)), np.tile(arrays.test_y, 10))
     start = time.perf_counter()
-    evaluation.predict(ckpt, arrays=big)
+    evaluation.predict(evaluation.Prepared(str(ckpt), state, big))
     ray_100k = round(len(big.test_y) / (time.perf_counter() - start))
     plain_100k = round(plain(state, big))
     common.save(

@@ -15,10 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnist_ray import models
+from mnist_ray import models, storage
 from mnist_ray.errors import CheckpointError
 
 FILENAME = "model.pt"
+"""The file inside every checkpoint folder."""
+BEST = "best_checkpoint/" + FILENAME
+"""Where a finished run or sweep keeps its best checkpoint, relative to its folder."""
 FORMAT = 1
 
 
@@ -50,31 +53,63 @@ def save(
 
 
 def load(path: str | Path, model: str | None = None, dataset: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint file or a folder holding ``model.pt``, safely (``weights_only=True``).
+    """Load a checkpoint file, or a folder holding ``model.pt``, from a path or URI (``weights_only=True``).
 
     ``model`` / ``dataset``, when given, must match what the checkpoint was trained on.
     """
-    file = Path(path)
-    if file.is_dir():
-        file = file / FILENAME
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint {file} does not exist: pass a model.pt or a checkpoint folder")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else "")
-        raise CheckpointError(
-            f"checkpoint {file} holds objects other than weights; refusing to load it ({reason})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"checkpoint {file} is corrupt or truncated: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{file} is not an mnist_ray checkpoint (format {FORMAT})")
+    file = str(path)
+    if not storage.is_file(file) and storage.is_file(storage.join(file, FILENAME)):
+        file = storage.join(file, FILENAME)  # a checkpoint folder
+    if not storage.is_file(file):
+        raise CheckpointError(f"checkpoint {file} does not exist or is not a file: pass a model.pt or its folder")
+    with storage.local_copy(file) as local:
+        state = _read(local, file)
+    _check_layout(state, file)
     for key, want in (("model", model), ("dataset", dataset)):
         if want is not None and state[key] != want:
             raise CheckpointError(f"checkpoint {file} is a {key} {state[key]!r}, not {want!r}")
     return state
+
+
+def _read(local: Path, name: str) -> Any:
+    """torch.load with weights only; every way a file can fail to be a checkpoint is one CheckpointError."""
+    if local.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {name} is empty (0 bytes): pass a complete model.pt")
+    if not zipfile.is_zipfile(local):
+        raise CheckpointError(f"checkpoint {name} is corrupt or truncated (not a complete torch zip archive)")
+    try:
+        return torch.load(local, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else "")
+        raise CheckpointError(
+            f"checkpoint {name} holds objects other than weights; refusing to load it ({reason})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"checkpoint {name} is corrupt or truncated: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _check_layout(state: Any, name: str) -> None:
+    """The keys and types :func:`save` writes; a file that loads but lacks them is not our checkpoint."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{name} is not an mnist_ray checkpoint (format {FORMAT})")
+    from mnist_ray.config import CHOICES
+
+    kinds = {"model": str, "dataset": str, "config": dict, "epoch": int, "history": list, "state_dict": dict}
+    bad = sorted(key for key, kind in kinds.items() if not isinstance(state.get(key), kind))
+    if bad:
+        raise CheckpointError(f"{name} is a damaged mnist_ray checkpoint (missing or wrong: {', '.join(bad)})")
+    for key in ("model", "dataset"):
+        if state[key] not in CHOICES[key]:
+            raise CheckpointError(f"{name} names an unknown {key} {state[key]!r}; valid: {', '.join(CHOICES[key])}")
+
+
+def publish_best(checkpoint: Any, run_dir: str) -> str:
+    """Copy a Ray Train ``Checkpoint``'s model.pt to ``<run_dir>/best_checkpoint/model.pt`` (atomically)."""
+    target = storage.join(run_dir, BEST)
+    with checkpoint.as_directory() as folder:
+        storage.upload_file(Path(folder) / FILENAME, target)
+    return target
 
 
 def build_model(state: dict[str, Any]) -> nn.Module:
@@ -83,7 +118,11 @@ def build_model(state: dict[str, Any]) -> nn.Module:
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit the {state['model']} architecture: {exc}") from None
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+        raise CheckpointError(
+            f"checkpoint weights do not fit the {state['model']} architecture ({first[:160]}): "
+            "was it saved from another model?"
+        ) from None
     return model.eval()
 
 

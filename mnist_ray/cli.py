@@ -1,122 +1,158 @@
-"""Flag definitions shared by the jobs, and the one place user errors become an exit code.
+"""Command lines derived from the config dataclasses, and the one place user errors become an exit code.
 
-The jobs in ``jobs/`` build their parsers from these helpers; nothing here reads ``sys.argv``.
+A flag is a dataclass field: ``--field-name``, its type from the annotation, its help from the
+docstring under the field, its shown default from the job's own defaults, its choices from the
+registries (``config.CHOICES``). Adding a field to a config class adds the flag; nothing here
+lists fields by hand. Argparse is enough for this (no new dependency): the derivation is ~60 lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import functools
+import inspect
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from mnist_ray.config import DATASETS, MODELS, OPTIMIZERS, PRESETS, SCHEDULES, RunOptions, TrainConfig, load_config
+from mnist_ray.config import CHOICES, PRESETS, RayOptions, RunOptions, TrainConfig, load_config
 from mnist_ray.errors import EXIT_USAGE, MnistRayError
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``error: <problem>`` on stderr and exit code 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """A parser whose help shows defaults and whose errors are single lines."""
-    return _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parser(doc: str) -> Parser:
+    """A parser whose description is the job module's docstring."""
+    first, _, rest = doc.strip().partition("\n")
+    return Parser(description=first, epilog=rest.strip() or None, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """Flags for every TrainConfig field (default None = keep the preset/config-file value)."""
-    d = TrainConfig()
-    g = p.add_argument_group("training config (override --preset and --config)")
-    g.add_argument("--preset", default="default", choices=list(PRESETS), help="named recipe to start from")
-    g.add_argument("--config", metavar="FILE.json", help="JSON file of TrainConfig fields (e.g. a sweep's best.json)")
-    g.add_argument("--model", choices=MODELS, help=f"architecture [{d.model}]")
-    g.add_argument("--dataset", choices=DATASETS, help=f"dataset [{d.dataset}]")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimizer [{d.optimizer}]")
-    g.add_argument("--lr", type=float, help=f"peak learning rate [{d.lr}]")
-    g.add_argument("--weight-decay", type=float, help=f"weight decay on weights [{d.weight_decay}]")
-    g.add_argument("--momentum", type=float, help=f"momentum for sgd/rmsprop [{d.momentum}]")
-    g.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule [{d.schedule}]")
-    g.add_argument("--epochs", type=int, help=f"epochs [{d.epochs}]")
-    g.add_argument("--batch-size", type=int, help=f"global batch size, split over workers [{d.batch_size}]")
-    g.add_argument("--val-size", type=int, help=f"validation images held out of the training set [{d.val_size}]")
-    g.add_argument("--train-limit", type=int, help="use only N training images (0 = all), for smoke runs")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, help=f"random affine augmentation [{d.augment}]")
-    g.add_argument("--label-smoothing", type=float, help=f"label smoothing [{d.label_smoothing}]")
-    g.add_argument("--dropout", type=float, help=f"dropout before the classifier [{d.dropout}]")
-    g.add_argument("--num-workers", type=int, help=f"Ray Train workers [{d.num_workers}]")
-    g.add_argument("--cpus-per-worker", type=int, help=f"CPUs (and torch threads) per worker [{d.cpus_per_worker}]")
-    g.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, help="one GPU per worker, with AMP")
-    g.add_argument("--seed", type=int, help=f"random seed [{d.seed}]")
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of dataclass ``cls`` (and its bases), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:], strict=False):
+            named = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            if named and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Preset, then --config file, then explicit flags."""
-    names = [f for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)]
-    return load_config(args.preset, args.config, {f: getattr(args, f) for f in names})
+def _kind(annotation: Any) -> tuple[type, str | int | None]:
+    """(element type, nargs) of a field annotation: ``int``, ``str | None``, ``tuple[float, ...]``..."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return _kind(args[0])
+    if typing.get_origin(annotation) is tuple:
+        return args[0], "+" if Ellipsis in typing.get_args(annotation) else len(args)
+    return annotation, None
 
 
-def add_run_flags(p: argparse.ArgumentParser, default_name: str) -> None:
-    """Flags for RunOptions: names, folders and fault tolerance."""
-    d = RunOptions()
-    p.add_argument("--name", default=default_name, help="run name; the same name resumes its last checkpoint")
-    p.add_argument("--output", default=d.output, help="folder for reports (<output>/<name>/)")
-    p.add_argument(
-        "--storage-path", help="Ray Train checkpoint storage (path, NFS or s3://bucket/prefix); default --output"
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(map(str, value)) if value else "none"
+    return str(value)
+
+
+def add_fields(
+    group: argparse._ActionsContainer,
+    cls: type,
+    shown: Any,
+    *,
+    keep_unset: bool = False,
+    skip: Iterable[str] = (),
+    help_overrides: dict[str, str] | None = None,
+) -> None:
+    """Add one flag per field of dataclass ``cls``; ``shown`` (an instance) supplies the defaults.
+
+    With ``keep_unset`` every flag defaults to None, so the caller can tell flags given from flags
+    left out (TrainConfig flags override a preset and a --config file only when given).
+    """
+    hints = typing.get_type_hints(cls)
+    docs = {**field_docs(cls), **(help_overrides or {})}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind, nargs = _kind(hints[f.name])
+        default = getattr(shown, f.name)
+        text = docs.get(f.name, "")
+        if default is not None and default != ():
+            text += f" (default: {_shown(default)})"
+        kwargs: dict[str, Any] = {"help": text.replace("%", "%%"), "default": None if keep_unset else default}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            if nargs is not None:
+                kwargs.update(nargs=nargs, metavar=f.name.upper().split("_")[-1])
+            choices = CHOICES.get(f.name) or (CHOICES.get(f.name.removesuffix("s")) if nargs else None)
+            if choices:  # a tuple field named in the plural (optimizers) takes the singular's choices
+                kwargs.update(choices=choices, metavar=None)
+        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def build(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """An instance of ``cls`` from the parsed flags of its fields (plus ``fixed`` values); unset flags keep defaults."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    values.update(fixed)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def add_config_flags(p: argparse.ArgumentParser, base: dict[str, Any] | None = None) -> None:
+    """--preset, --config and one flag per TrainConfig field, showing this job's real defaults."""
+    g = p.add_argument_group("training config (preset, then --config, then these flags)")
+    g.add_argument(
+        "--preset", default="default", choices=list(PRESETS), help="named recipe to start from (default: default)"
     )
-    p.add_argument("--data-dir", help="folder with the four IDX files (raw or .gz); default: the dataset's own place")
-    p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts after lost workers")
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="best checkpoints kept")
-    p.add_argument(
-        "--wait-for-resources",
-        action="store_true",
-        help="skip the fail-fast layout check (an autoscaling cluster adds GPU nodes on demand)",
-    )
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (ignored when joining a cluster)")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    g.add_argument("--config", metavar="FILE.json", help="JSON file or URI of TrainConfig fields (e.g. best.json)")
+    add_fields(g, TrainConfig, load_config(base=base), keep_unset=True)
 
 
-def run_options(args: argparse.Namespace) -> RunOptions:
-    """RunOptions from the parsed flags."""
-    return RunOptions(
-        name=args.name,
-        output=args.output,
-        storage_path=args.storage_path,
-        data_dir=args.data_dir,
-        max_failures=args.max_failures,
-        keep_checkpoints=args.keep_checkpoints,
-        wait_for_resources=args.wait_for_resources,
-    )
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
+    """Preset, then --config file, then the flags given (``base``: this job's own defaults, below all)."""
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    return load_config(args.preset, args.config, overrides, base)
 
 
-def ensure_writable(folder: str | Path, flag: str = "--output") -> Path:
-    """Create ``folder`` if needed and prove we can write there, before any work starts."""
-    if "://" in str(folder):
-        raise MnistRayError(f"{flag} {folder} must be a local folder; put checkpoints on s3:// with --storage-path")
-    path = Path(folder).expanduser().resolve()
+def add_run_flags(p: argparse.ArgumentParser, defaults: RunOptions, **kw: Any) -> None:
+    """Flags for RunOptions (names, folders, fault tolerance) and RayOptions."""
+    add_fields(p.add_argument_group("run"), RunOptions, defaults, **kw)
+    add_fields(p.add_argument_group("ray"), RayOptions, RayOptions())
+
+
+def run(job: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a job's ``main``: user errors print one ``error:`` line and give 2; Ctrl-C gives 130."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test"):
-            pass
-    except OSError as exc:
-        raise MnistRayError(f"cannot write to {path} ({exc.strerror}): pass a writable {flag}") from None
-    return path
-
-
-def main(job: Callable[[], int | None]) -> None:
-    """Run a job function: user errors print one line and exit 2, other failures exit 1."""
-    logging.basicConfig(level=os.environ.get("MNIST_RAY_LOG", "INFO"), format="%(message)s", stream=sys.stdout)
-    try:
-        code = job()
+        return job(argv) or 0
     except MnistRayError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)  # always one line
-        sys.exit(EXIT_USAGE)
+        return EXIT_USAGE
+    except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, its one line already printed)
+        return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+        return 130
+
+
+def main(job: Callable[[list[str] | None], int]) -> typing.NoReturn:
+    """Entry point of ``jobs/*.py``: log to stdout, run ``job`` on ``sys.argv``, exit with its code."""
+    logging.basicConfig(level=os.environ.get("MNIST_RAY_LOG", "INFO"), format="%(message)s", stream=sys.stdout)
+    sys.exit(run(job))

@@ -1,24 +1,101 @@
-"""Typed configuration for training runs.
+"""Typed configuration: one dataclass per concern, the single source of every setting.
 
-Config travels as dataclasses until the Ray boundary, where it becomes a plain dict
-(``asdict``) and is rebuilt inside each worker with :meth:`TrainConfig.from_dict`.
-Every check a user can fail runs in ``__post_init__`` so bad values stop the job before
-Ray starts, with a message that names the fix.
+Each field is declared once, with its type, default and a docstring beneath it; the command-line
+flags, their help and their defaults are derived from these classes (:mod:`mnist_ray.cli`).
+Config travels as dataclasses until the Ray boundary, where it becomes a plain dict (``asdict``)
+and is rebuilt inside each worker with :meth:`TrainConfig.from_dict`. Every check a user can
+fail runs in ``__post_init__`` by one rule per field (choices, finite numbers, ranges), so bad
+values stop the job before Ray starts with a message that names the flag to fix.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+import math
+import re
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from mnist_ray import models, optim
+from mnist_ray.data import DATASET_INFO, TRAIN_IMAGES
 from mnist_ray.errors import ConfigError
 
-MODELS = ("ann", "cnn")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("none", "onecycle", "cosine")
-DATASETS = ("mnist", "fashion-mnist")
+DEFAULT_RUNS = str(Path.home() / "mnist_ray" / "runs")
+"""Where training runs and sweeps go unless --output says otherwise."""
+DEFAULT_REPORTS = str(Path.home() / "mnist_ray" / "reports")
+"""Where evaluation reports go unless --reports says otherwise."""
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": tuple(models.REGISTRY),
+    "dataset": tuple(DATASET_INFO),
+    "optimizer": tuple(optim.OPTIMIZERS),
+    "schedule": tuple(optim.SCHEDULES),
+    "ddp_backend": ("auto", "gloo", "nccl"),
+}
+"""Valid values of the string fields, taken from the registries that implement them."""
+
+RANGES: dict[str, tuple[float, float, str]] = {
+    "lr": (0, 10, "(]"),
+    "weight_decay": (0, 1, "[]"),
+    "momentum": (0, 1, "[)"),
+    "epochs": (1, 10_000, "[]"),
+    "batch_size": (1, TRAIN_IMAGES, "[]"),
+    "val_size": (1, TRAIN_IMAGES, "[)"),
+    "train_limit": (0, TRAIN_IMAGES, "[]"),
+    "label_smoothing": (0, 1, "[)"),
+    "dropout": (0, 1, "[)"),
+    "num_workers": (1, 4096, "[]"),
+    "cpus_per_worker": (1, 1024, "[]"),
+    "gpus_per_worker": (0, 1, "(]"),
+    "seed": (0, 2**32 - 1, "[]"),
+    "max_failures": (0, 1000, "[]"),
+    "keep_checkpoints": (1, 1000, "[]"),
+    "num_cpus": (1, 100_000, "[]"),
+}
+"""Allowed interval of each numeric field (``(``/``)`` open, ``[``/``]`` closed); None values are skipped."""
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A run name or report id: a plain folder name of at most 100 characters."""
+
+
+def validate_fields(obj: Any) -> None:
+    """Apply the per-field rules (choices, finite numbers, ranges) to any config dataclass."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None or isinstance(value, bool):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in CHOICES and value not in CHOICES[f.name]:
+            raise ConfigError(f"unknown {f.name} {value!r}; valid: {', '.join(CHOICES[f.name])}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}: pass a real value to {flag}")
+        if f.name in RANGES:
+            check_range(f.name, value, *RANGES[f.name], flag=flag)
+
+
+def check_range(name: str, value: float, low: float, high: float, ends: str, flag: str) -> None:
+    """Raise a ConfigError naming ``flag`` unless ``value`` lies in the interval."""
+    ok_low = value >= low if ends[0] == "[" else value > low
+    ok_high = value <= high if ends[1] == "]" else value < high
+    if not (ok_low and ok_high):
+        word = "positive" if (low, ends[0]) == (0, "(") else f"in {ends[0]}{_num(low)}, {_num(high)}{ends[1]}"
+        raise ConfigError(f"{name} must be {word}, got {_num(value)}: pass {flag} {word}")
+
+
+def _num(x: float) -> str:
+    """Whole numbers as integers (4294967295, not 4.29497e+09), others compactly."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def check_name(kind: str, value: str) -> None:
+    """Run names and report ids become folder names: plain, short, no separators or newlines."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        shown = value if len(str(value)) <= 40 else str(value)[:40] + "..."
+        raise ConfigError(
+            f"{kind} {shown!r} must be a plain folder name: letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, at most 100 characters"
+        )
 
 
 @dataclass(frozen=True)
@@ -26,29 +103,29 @@ class TrainConfig:
     """Everything the training loop needs; identical on every worker."""
 
     model: str = "cnn"
-    """Architecture name from the model registry: ann or cnn."""
+    """Architecture from the model registry: cnn (conv + batch norm + pooling) or ann (784-512-256-10)."""
     dataset: str = "mnist"
-    """Dataset name: mnist or fashion-mnist."""
+    """Dataset: mnist (ships with the package) or fashion-mnist."""
     optimizer: str = "adamw"
-    """Optimizer: sgd (with Nesterov momentum), adam, adamw or rmsprop."""
+    """Optimizer: sgd (Nesterov momentum), adam, adamw or rmsprop."""
     lr: float = 4e-3
     """Peak learning rate (the one-cycle maximum, or the constant rate with schedule none)."""
     weight_decay: float = 5e-4
-    """L2 / decoupled weight decay; not applied to biases and norm parameters."""
+    """L2 / decoupled weight decay on weights; not applied to biases and norm parameters."""
     momentum: float = 0.9
     """Momentum for sgd and rmsprop."""
     schedule: str = "onecycle"
     """Learning-rate schedule: none, onecycle (warm-up then cosine decay) or cosine."""
     epochs: int = 12
-    """Number of passes over the training split."""
+    """Passes over the training split."""
     batch_size: int = 128
     """Global batch size, split evenly across workers."""
     val_size: int = 5000
-    """Images held out of the 60k training set for validation and model selection."""
+    """Images held out of the 60k training set (seeded) for validation and model selection."""
     train_limit: int = 0
     """Use only the first N shuffled training images (0 = all); for smoke runs and tests."""
     augment: bool = True
-    """Random affine augmentation (rotation, shift, scale) on the training split only."""
+    """Random affine augmentation (±10° rotation, ±10% scale, ±2 px shift) on the training split only."""
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing in [0, 1)."""
     dropout: float = 0.25
@@ -58,34 +135,27 @@ class TrainConfig:
     cpus_per_worker: int = 1
     """CPUs reserved per worker; also the worker's torch thread count."""
     use_gpu: bool = False
-    """One GPU per worker, with mixed precision (AMP) on CUDA."""
+    """Train on GPUs (bf16 autocast on CUDA)."""
+    gpus_per_worker: float = 1.0
+    """GPU share per worker with --use-gpu: 1 = a GPU each; 0.5 lets two workers share one (use gloo)."""
+    ddp_backend: str = "auto"
+    """torch.distributed backend: auto (nccl on GPUs, gloo on CPUs), gloo or nccl (one GPU per worker)."""
     seed: int = 0
     """Seed for the split, initialisation, shuffling and augmentation."""
 
     def __post_init__(self) -> None:
-        _check_choice("model", self.model, MODELS)
-        _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        for name in ("lr", "epochs", "batch_size", "num_workers", "cpus_per_worker"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}: pass --{_flag(name)} > 0")
-        for name in ("weight_decay", "momentum", "train_limit", "dropout", "label_smoothing"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        validate_fields(self)
+        train_images = (TRAIN_IMAGES - self.val_size) if not self.train_limit else self.train_limit
         if self.val_size < self.num_workers:
             raise ConfigError(
                 f"val_size {self.val_size} gives a worker no validation images: use --val-size >= "
                 f"--num-workers ({self.num_workers})"
             )
-        if 0 < self.train_limit < self.batch_size:
+        if train_images < self.batch_size:
             raise ConfigError(
-                f"train_limit {self.train_limit} is below one batch ({self.batch_size}): raise --train-limit"
+                f"{train_images} training images (60000 - --val-size, or --train-limit) are fewer than one batch "
+                f"of {self.batch_size}: lower --batch-size or --val-size, or raise --train-limit"
             )
-        if self.label_smoothing >= 1 or self.dropout >= 1:
-            raise ConfigError("label_smoothing and dropout must be below 1")
-        if self.val_size >= 60000:
-            raise ConfigError(f"val_size {self.val_size} leaves no training images: use --val-size < 60000")
         if self.batch_size < self.num_workers:
             raise ConfigError(
                 f"batch_size {self.batch_size} is below num_workers {self.num_workers}: "
@@ -96,18 +166,13 @@ class TrainConfig:
                 f"batch_size {self.batch_size} does not split evenly over {self.num_workers} workers: "
                 "use a multiple of --num-workers"
             )
+        if self.ddp_backend == "nccl" and self.use_gpu and self.gpus_per_worker < 1 and self.num_workers > 1:
+            raise ConfigError("nccl needs one GPU per worker: use --ddp-backend gloo with --gpus-per-worker < 1")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build a config from a dict, rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {sorted(known)}")
-        for f in fields(cls):
-            if f.name in values:
-                _check_type(f.name, values[f.name], type(f.default))
-        return cls(**values)
+        """Build a config from a dict, rejecting unknown keys and wrong types by name."""
+        return cls(**checked_fields(cls, values))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, JSON-serialisable and accepted by :meth:`from_dict`."""
@@ -123,24 +188,37 @@ class TrainConfig:
         return self.batch_size // self.num_workers
 
 
-# Named recipes. "default" reaches >= 99.4% test accuracy in under 5 minutes on 2 CPU cores;
-# "fast" is the shortest recipe that clears 99.0%; "best" trades time for accuracy; "smoke"
-# exercises the whole path in seconds.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "fast": {"epochs": 2, "augment": False, "lr": 5e-3},
     "best": {"epochs": 30},
     "smoke": {"epochs": 2, "train_limit": 2048, "val_size": 512, "batch_size": 64},
 }
+"""Named recipes: default reaches >= 99.4% on 2 CPU cores in under 5 minutes; fast is the shortest
+recipe above 99.0%; best trades time for accuracy; smoke runs the whole path in seconds."""
+
+
+def checked_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` if every key is a field of ``cls`` and every value has the field's JSON type."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {sorted(known)}")
+    for name, value in values.items():
+        _check_type(name, value, type(known[name].default))
+    return values
 
 
 def load_config(
-    preset: str = "default", path: str | None = None, overrides: dict[str, Any] | None = None
+    preset: str = "default",
+    path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Merge a preset, an optional JSON file and flag overrides (later wins) into a config."""
+    """Merge a job's ``base`` values, a preset, a JSON file and flag overrides (later wins) into a config."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    values: dict[str, Any] = dict(PRESETS[preset])
+    values: dict[str, Any] = {**(base or {}), **PRESETS[preset]}
     if path is not None:
         values.update(read_config_file(path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -148,18 +226,31 @@ def load_config(
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    """Read a JSON config file; a missing or malformed file is a ConfigError naming it."""
-    file = Path(path)
+    """Read a JSON object of TrainConfig fields from a local path or URI; any damage is one ConfigError."""
+    from mnist_ray import storage
+
+    if not storage.is_file(path):
+        raise ConfigError(f"config file {path} does not exist (or is not a file): pass a JSON file")
     try:
-        values = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        text = storage.read_text(path)
+    except (storage.StorageError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {str(exc).splitlines()[0][:200]}") from None
+    return parse_json_object(text, f"config file {path}")
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    """A JSON object from ``text``; NaN/Infinity, deep nesting, null or a non-object are ConfigErrors."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not a number JSON allows")
+
+    try:
+        values = json.loads(text, parse_constant=refuse)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError(f"{what} is not valid JSON ({reason})") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object of TrainConfig fields")
+        raise ConfigError(f"{what} must hold a JSON object of TrainConfig fields, not {type(values).__name__}")
     return values
 
 
@@ -167,14 +258,14 @@ def read_config_file(path: str) -> dict[str, Any]:
 class RunOptions:
     """Where a run lives and how Ray Train treats it; not part of the model's identity."""
 
-    name: str = "mnist-cnn"
+    name: str = "mnist"
     """Run name; re-running with the same name resumes from its last checkpoint."""
-    output: str = field(default_factory=lambda: str(Path.home() / "mnist_ray" / "runs"))
-    """Local folder for the reports (<output>/<name>/)."""
+    output: str = DEFAULT_RUNS
+    """Folder or URI (s3://bucket/prefix) for the run's outputs: <output>/<name>/."""
     storage_path: str | None = None
-    """Ray Train storage for checkpoints (local path, NFS or s3://...); defaults to output."""
+    """Ray Train checkpoint storage (a path every node reaches, or s3://bucket/prefix); default: --output."""
     data_dir: str | None = None
-    """Folder holding the four IDX files; defaults to the dataset's built-in location."""
+    """Folder holding the four IDX files (raw or .gz); default: the dataset's built-in location."""
     max_failures: int = 2
     """Worker-group restarts Ray Train allows after a lost worker before giving up."""
     keep_checkpoints: int = 2
@@ -183,18 +274,35 @@ class RunOptions:
     """Skip the fail-fast layout check: an autoscaling cluster will add the nodes the run asks for."""
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"run name {self.name!r} must be a plain folder name")
-        if self.max_failures < 0:
-            raise ConfigError("max_failures must be >= 0 (-1 is not supported: a broken run must end)")
-        if self.keep_checkpoints < 1:
-            raise ConfigError("keep_checkpoints must be >= 1")
+        check_name("run name", self.name)
+        validate_fields(self)
 
     @property
     def storage(self) -> str:
-        """Ray Train storage path: explicit storage_path (URIs as given), else the absolute output folder."""
-        path = self.storage_path or self.output
-        return path if "://" in path else str(Path(path).expanduser().resolve())
+        """Ray Train storage: explicit storage_path, else the output; local paths made absolute."""
+        from mnist_ray import storage
+
+        return storage.normalize(self.storage_path or self.output)
+
+    @property
+    def run_dir(self) -> str:
+        """``<output>/<name>``, absolute for local paths, unchanged for URIs."""
+        from mnist_ray import storage
+
+        return storage.join(storage.normalize(self.output), self.name)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a job reaches Ray; see :func:`mnist_ray.cluster.connect`."""
+
+    num_cpus: int | None = None
+    """CPUs for a new local Ray instance (ignored when joining a cluster); default: all of this machine's."""
+    verbose: bool = False
+    """Show Ray's own logs and progress bars."""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:
@@ -204,12 +312,3 @@ def _check_type(name: str, value: Any, kind: type) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok:
         raise ConfigError(f"config field {name} must be {kind.__name__}, got {value!r}")
-
-
-def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")

@@ -19,10 +19,14 @@ from mnist_ray.errors import DataError
 
 log = logging.getLogger(__name__)
 
+TRAIN_IMAGES = 60_000
+"""Images in the training split of both datasets (validation is held out of these)."""
+
 MEAN, STD = 0.1307, 0.3081
 """MNIST pixel statistics after scaling to [0, 1]; used for both datasets, like the notebook."""
 
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+PACKAGE_DATA = Path(__file__).resolve().parent / "datasets"
+"""MNIST ships inside the package (package data), so a wheel or non-editable install finds it too."""
 CACHE = Path.home() / ".cache" / "mnist_ray"
 
 SPLITS = {
@@ -45,7 +49,7 @@ class DatasetInfo:
 
 DATASET_INFO = {
     "mnist": DatasetInfo(
-        REPO_DATA / "mnist",
+        PACKAGE_DATA / "mnist",
         ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
         {
             "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",

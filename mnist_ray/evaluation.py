@@ -8,48 +8,71 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mnist_ray import checkpoints, data
+from mnist_ray import checkpoints, data, storage
+from mnist_ray.config import DEFAULT_RUNS
 from mnist_ray.errors import CheckpointError, ResourceError
 
-BEST = Path("best_checkpoint") / checkpoints.FILENAME
 
-
-def resolve_checkpoint(checkpoint: str | None = None, run: str | None = None, models_dir: str | None = None) -> Path:
-    """The checkpoint file to evaluate: explicit, a run/sweep's best, or the newest run's best."""
+def resolve_checkpoint(checkpoint: str | None = None, run: str | None = None, models_dir: str | None = None) -> str:
+    """The checkpoint file (path or URI) to evaluate: explicit, a run/sweep's best, or the newest run's best."""
     if checkpoint:
-        path = Path(checkpoint).expanduser()
-        path = path / checkpoints.FILENAME if path.is_dir() else path
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        return path.resolve()
+        if storage.is_file(checkpoint):
+            return storage.normalize(checkpoint)
+        inside = storage.join(checkpoint, checkpoints.FILENAME)
+        if storage.is_file(inside):
+            return storage.normalize(inside)
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist: pass a model.pt or a checkpoint folder")
     if run:
-        path = Path(run).expanduser() / BEST
-        if not path.is_file():
-            raise CheckpointError(f"{run} has no {BEST}: is it a finished training run or sweep folder?")
-        return path.resolve()
-    root = Path(models_dir or "").expanduser()
-    runs = sorted((p for p in root.glob("*") if (p / BEST).is_file()), key=lambda p: (p / BEST).stat().st_mtime)
-    if not runs:
-        raise CheckpointError(f"no finished run (with {BEST}) under {root}: train one, or pass --checkpoint")
-    return (runs[-1] / BEST).resolve()
+        path = storage.join(storage.normalize(run), checkpoints.BEST)
+        if not storage.is_file(path):
+            raise CheckpointError(f"{run} has no {checkpoints.BEST}: is it a finished training run or sweep folder?")
+        return path
+    root = storage.normalize(models_dir or DEFAULT_RUNS)
+    found = [storage.join(root, d, checkpoints.BEST) for d in storage.list_dirs(root)]
+    dated = [(storage.mtime(p), p) for p in found if storage.is_file(p)]
+    if not dated:
+        raise CheckpointError(
+            f"no finished run (with {checkpoints.BEST}) under {root}: train one, or pass --checkpoint"
+        )
+    return max(dated)[1]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checkpoint loaded and checked, and the test data it is scored on: everything before Ray."""
+
+    checkpoint: str
+    state: dict[str, Any]
+    arrays: data.Arrays
+
+
+def prepare(
+    checkpoint: str, dataset: str | None = None, data_dir: str | None = None, arrays: data.Arrays | None = None
+) -> Prepared:
+    """Load the checkpoint and the test set, failing here (not in an actor) on any problem with either."""
+    state = checkpoints.load(checkpoint, dataset=dataset)
+    checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in an actor
+    return Prepared(checkpoint, state, arrays if arrays is not None else data.load(state["dataset"], data_dir))
 
 
 class Predictor:
     """Ray Data callable class: holds the model, maps a batch of images to predictions."""
 
-    def __init__(self, state: dict[str, Any], use_gpu: bool = False, threads: int = 1) -> None:
+    def __init__(self, state_ref: list, use_gpu: bool = False, threads: int = 1) -> None:
+        import ray
         import torch
 
         torch.set_num_threads(threads)
         self.torch = torch
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model = checkpoints.build_model(state).to(self.device)
+        # The state arrives as an object-store reference (in a list, so Ray passes the ref itself):
+        # one copy in the store instead of one serialised into every actor's constructor arguments.
+        self.model = checkpoints.build_model(ray.get(state_ref[0])).to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
@@ -74,43 +97,32 @@ class Evaluation:
     """Per-image predictions of one checkpoint on a test set, with where they came from."""
 
     predictions: pd.DataFrame
-    checkpoint: Path
+    checkpoint: str
     model: str
     dataset: str
     images: np.ndarray
 
 
 def predict(
-    checkpoint: Path,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    use_gpu: bool = False,
-    actors: int = 2,
-    batch_size: int = 1000,
-    arrays: data.Arrays | None = None,
-    progress: bool = False,
+    prep: Prepared, use_gpu: bool = False, actors: int = 2, batch_size: int = 1000, progress: bool = False
 ) -> Evaluation:
     """Score every test image with Ray Data over ``actors`` model replicas; Ray must be initialised.
 
-    ``arrays`` (already parsed, of the checkpoint's dataset) saves reading the files again; ``progress``
-    turns on Ray Data's per-operator progress output.
+    ``progress`` turns on Ray Data's per-operator progress output.
     """
     import ray
 
-    state = checkpoints.load(checkpoint, dataset=dataset)
-    checkpoints.build_model(state)  # fail here, not in an actor, when the weights do not fit the architecture
     if use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
         raise ResourceError("--use-gpu: this Ray cluster has no GPU; drop --use-gpu")
-    arrays = arrays if arrays is not None else data.load(state["dataset"], data_dir)
-    n = len(arrays.test_y)
-    frame = pd.DataFrame({"index": np.arange(n), "label": arrays.test_y, "image": list(arrays.test_x)})
+    x, y = prep.arrays.test_x, prep.arrays.test_y
+    frame = pd.DataFrame({"index": np.arange(len(y)), "label": y, "image": list(x)})
     ray.data.DataContext.get_current().enable_progress_bars = progress
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
-    bounds = np.linspace(0, n, actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
+    bounds = np.linspace(0, len(y), actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     scored = ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"state": state, "use_gpu": use_gpu},
+        fn_constructor_kwargs={"state_ref": [ray.put(prep.state)], "use_gpu": use_gpu},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -119,7 +131,7 @@ def predict(
     )
     predictions = scored.to_pandas().sort_values("index", ignore_index=True)
     predictions["correct"] = predictions["label"] == predictions["predicted"]
-    return Evaluation(predictions, checkpoint, state["model"], state["dataset"], arrays.test_x)
+    return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], x)
 
 
 def confusion(predictions: pd.DataFrame, classes: int = 10) -> np.ndarray:

@@ -61,10 +61,3 @@ def build(name: str, dropout: float = 0.25, seed: int | None = None) -> nn.Modul
     if seed is not None:
         torch.manual_seed(seed)
     return REGISTRY[name](dropout=dropout)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weights of conv/linear layers only; biases and norm scales are not decayed."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,11 +1,14 @@
 """Evaluation reports: Parquet tables, PNG figures and a Markdown summary, written atomically.
 
-A report folder ``<reports>/<run-id>/`` is assembled in a temporary folder and renamed into
-place, so it is either complete or absent. ``<reports>/history.parquet`` gains one row per run.
+A report folder ``<reports>/<run-id>/`` (a local path or a URI such as ``s3://bucket/reports``) is
+assembled in a local temporary folder and published with a manifest written last, so readers see it
+complete or not at all. ``<reports>/history.parquet`` is rebuilt from the complete reports.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,9 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_ray import atomic, evaluation, plots
+from mnist_ray import evaluation, plots, storage
+from mnist_ray.config import check_name
 from mnist_ray.errors import MnistRayError
 
+log = logging.getLogger(__name__)
 GALLERY = 32
 
 
@@ -25,40 +30,41 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def check_run_dir(reports: str | Path, run_id: str, overwrite: bool) -> Path:
-    """The report folder for ``run_id``; refuse an existing one unless ``overwrite``."""
-    if not run_id or "/" in run_id or run_id.startswith("."):
-        raise MnistRayError(f"run id {run_id!r} must be a plain folder name")
-    path = Path(reports).expanduser().resolve() / run_id
-    if path.exists() and not overwrite:
-        raise MnistRayError(f"report {path} already exists: pass --overwrite or another --run-id")
-    return path
+def check_run_dir(reports: str, run_id: str, overwrite: bool) -> str:
+    """The report folder (path or URI) for ``run_id``; refuse an existing one unless ``overwrite``."""
+    check_name("run id", run_id)
+    target = storage.join(storage.normalize(reports), run_id)
+    if not overwrite and storage.exists(target):
+        raise MnistRayError(f"report {target} already exists: pass --overwrite or another --run-id")
+    return target
 
 
 def write_report(
     ev: evaluation.Evaluation,
-    reports: str | Path,
-    run_id: str,
+    target: str,
     started_at: str,
     seconds: float,
     overwrite: bool = False,
-) -> tuple[Path, dict[str, Any]]:
-    """Write every report file for ``ev`` into ``<reports>/<run_id>/`` and append to the history."""
-    target = check_run_dir(reports, run_id, overwrite)
+    min_accuracy: float | None = None,
+) -> dict[str, Any]:
+    """Write every report file for ``ev`` into ``target`` (complete or absent) and rebuild the history."""
     preds = ev.predictions
-    matrix = evaluation.confusion(preds)
-    errors = evaluation.digit_errors(preds)
+    matrix, errors = evaluation.confusion(preds), evaluation.digit_errors(preds)
     classes = evaluation.per_class(matrix)
+    summary = evaluation.summary_metrics(preds)
     metrics = {
-        "run_id": run_id,
-        "checkpoint": str(ev.checkpoint),
+        "run_id": target.rstrip("/").rsplit("/", 1)[-1],
+        "checkpoint": ev.checkpoint,
         "model": ev.model,
         "dataset": ev.dataset,
-        **evaluation.summary_metrics(preds),
+        **summary,
+        "min_accuracy": min_accuracy,
+        "passed": None if min_accuracy is None else bool(summary["accuracy"] >= min_accuracy),
         "started_at": started_at,
         "seconds": seconds,
     }
-    with atomic.atomic_dir(target, overwrite=overwrite) as tmp:
+    with tempfile.TemporaryDirectory(prefix="mnist-ray-report") as folder:
+        tmp = Path(folder)
         pd.DataFrame([metrics]).to_parquet(tmp / "metrics.parquet", index=False)
         preds[["index", "label", "predicted", "confidence", "correct"]].to_parquet(
             tmp / "predictions.parquet", index=False
@@ -71,19 +77,31 @@ def write_report(
         plots.plot_digit_errors(errors, tmp / "digit_errors.png", title=title)
         _gallery(ev, tmp / "misclassified.png")
         (tmp / "summary.md").write_text(_summary(metrics, errors, classes))
-    append_history(Path(reports).expanduser().resolve(), metrics)
-    return target, metrics
+        storage.publish_dir(tmp, target, overwrite=overwrite)
+    rebuild_history(target.rstrip("/").rsplit("/", 1)[0])
+    return metrics
 
 
 def evaluate_to_report(
-    checkpoint: Path, reports: str | Path, run_id: str, overwrite: bool = False, **predict_kwargs: Any
-) -> tuple[Path, dict[str, Any]]:
-    """Score ``checkpoint`` on the test set with Ray Data and write its report; Ray must be initialised."""
-    check_run_dir(reports, run_id, overwrite)
+    checkpoint: str,
+    reports: str,
+    run_id: str,
+    overwrite: bool = False,
+    prepared: evaluation.Prepared | None = None,
+    min_accuracy: float | None = None,
+    **predict_kwargs: Any,
+) -> tuple[str, dict[str, Any]]:
+    """Score ``checkpoint`` on the test set with Ray Data and write its report; Ray must be initialised.
+
+    Jobs pass ``prepared`` (from :func:`evaluation.prepare`, run before Ray starts) after checking the
+    report folder; without it both happen here.
+    """
+    target = check_run_dir(reports, run_id, overwrite)
+    prep = prepared if prepared is not None else evaluation.prepare(checkpoint)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    ev = evaluation.predict(checkpoint, **predict_kwargs)
-    return write_report(ev, reports, run_id, started_at, time.perf_counter() - start, overwrite)
+    ev = evaluation.predict(prep, **predict_kwargs)
+    return target, write_report(ev, target, started_at, time.perf_counter() - start, overwrite, min_accuracy)
 
 
 def _confusion_frame(matrix: np.ndarray) -> pd.DataFrame:
@@ -100,18 +118,33 @@ def _gallery(ev: evaluation.Evaluation, path: Path) -> Path:
     )
 
 
-def append_history(reports: Path, metrics: dict[str, Any]) -> None:
-    """Add this run's metrics row to ``history.parquet`` and redraw ``history.png``."""
-    from filelock import FileLock
+def rebuild_history(reports: str) -> pd.DataFrame:
+    """Rebuild ``history.parquet`` and ``history.png`` from every complete report's metrics.parquet.
 
-    file = reports / "history.parquet"
-    with FileLock(str(reports / ".history.lock")):  # scheduled runs may overlap
-        rows = pd.DataFrame([metrics])
-        if file.is_file():
-            previous = pd.read_parquet(file)
-            rows = pd.concat([previous[previous["run_id"] != metrics["run_id"]], rows], ignore_index=True)
-        atomic.write_parquet(file, rows)
-        plots.plot_history(rows, reports / "history.png")
+    No lock and no read-modify-write: each writer derives the whole table from the per-run files, so
+    overlapping scheduled runs and object stores are safe, and a damaged file is skipped with a warning
+    (and healed by the next rebuild) instead of breaking the evaluation that writes it.
+    """
+    rows = []
+    for run_id in sorted(storage.list_dirs(reports)):
+        folder = storage.join(reports, run_id)
+        if not storage.is_complete(folder):
+            continue  # being written, or interrupted: never part of the history
+        try:
+            with storage.local_copy(storage.join(folder, "metrics.parquet")) as local:
+                rows.append(pd.read_parquet(local))
+        except Exception as exc:  # noqa: BLE001 - any damage to one report must not stop the rest
+            log.warning("warning: skipping %s in the history: %s", folder, str(exc).splitlines()[0][:200])
+    history = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    if not history.empty:
+        history = history.sort_values("started_at", kind="stable", ignore_index=True)
+    with tempfile.TemporaryDirectory(prefix="mnist-ray-history") as folder:
+        history.to_parquet(Path(folder) / "history.parquet", index=False)
+        storage.upload_file(Path(folder) / "history.parquet", storage.join(reports, "history.parquet"))
+        if not history.empty:
+            plots.plot_history(history, Path(folder) / "history.png")
+            storage.upload_file(Path(folder) / "history.png", storage.join(reports, "history.png"))
+    return history
 
 
 def _summary(m: dict[str, Any], errors: pd.DataFrame, classes: pd.DataFrame) -> str:

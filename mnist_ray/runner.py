@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -19,10 +19,10 @@ from typing import Any
 import pandas as pd
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
-from mnist_ray import atomic, checkpoints, data, plots
-from mnist_ray.config import RunOptions, TrainConfig
+from mnist_ray import checkpoints, data, plots, storage
+from mnist_ray.config import RunOptions, TrainConfig, parse_json_object
 from mnist_ray.errors import ConfigError, ResourceError
 from mnist_ray.training import train_loop_per_worker
 
@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainOutputs:
-    """Files a finished run leaves in ``<output>/<name>/`` and its best validation metrics."""
+    """Files (paths or URIs) a finished run leaves in ``<output>/<name>/`` and its best validation metrics."""
 
-    run_dir: Path
-    history: Path
-    curves: Path
-    config: Path
-    best_checkpoint: Path
+    run_dir: str
+    history: str
+    curves: str
+    config: str
+    best_checkpoint: str
     best_metrics: dict[str, Any]
 
 
@@ -57,16 +57,16 @@ def check_fits(cfg: TrainConfig, trials: int = 1) -> None:
             f"{cfg.num_workers} workers x {cfg.cpus_per_worker} CPU need {need_cpu} CPUs but the cluster "
             f"has {total.get('CPU', 0):g}: use --num-workers {max(fit // trials, 1)} or fewer"
         )
-    if cfg.use_gpu and cfg.num_workers * trials > total.get("GPU", 0):
+    need_gpu = cfg.num_workers * cfg.gpus_per_worker * trials
+    if cfg.use_gpu and need_gpu > total.get("GPU", 0):
         raise ResourceError(
-            f"--use-gpu needs {cfg.num_workers * trials} GPUs (one per worker) but the cluster has "
-            f"{total.get('GPU', 0):g}: lower --num-workers or drop --use-gpu"
+            f"--use-gpu needs {need_gpu:g} GPUs ({cfg.gpus_per_worker:g} per worker) but the cluster has "
+            f"{total.get('GPU', 0):g}: lower --num-workers or --gpus-per-worker, or drop --use-gpu"
         )
 
 
-def put_data(cfg: TrainConfig, data_dir: str | None, arrays: data.Arrays | None = None) -> dict[str, tuple]:
-    """Place the train/validation splits in the object store (parsing the files unless ``arrays`` is given)."""
-    arrays = arrays if arrays is not None else data.load(cfg.dataset, data_dir)
+def put_data(cfg: TrainConfig, arrays: data.Arrays) -> dict[str, tuple]:
+    """Place the train/validation splits of the parsed ``arrays`` in the object store."""
     train_idx, val_idx = data.split_train_val(len(arrays.train_x), cfg.val_size, cfg.seed, cfg.train_limit)
     return {
         "train": (ray.put(arrays.train_x[train_idx]), ray.put(arrays.train_y[train_idx])),
@@ -78,10 +78,12 @@ def make_trainer(
     cfg: TrainConfig, opts: RunOptions, data_refs: dict[str, tuple], callbacks: list[UserCallback] | None = None
 ) -> TorchTrainer:
     """A TorchTrainer for ``cfg`` that keeps the best checkpoints by validation accuracy."""
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
+    backend = None if cfg.ddp_backend == "auto" else cfg.ddp_backend
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), **data_refs},
+        torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=opts.name,
@@ -106,27 +108,41 @@ class _QueueCallback(UserCallback):
 
 
 def fit_with_progress(trainer_factory: Callable[[list[UserCallback]], TorchTrainer], on_epoch: Callable[[dict], None]):
-    """Run ``trainer.fit()`` in a thread while calling ``on_epoch`` on the driver for each report."""
+    """Run ``trainer.fit()`` in a thread while calling ``on_epoch`` on the driver for each report.
+
+    The queue actor is always killed and the thread always joined; an error raised by ``on_epoch``
+    does not abandon a running fit: it is raised once the fit has ended.
+    """
     from ray.util.queue import Empty, Queue
 
     queue = Queue(actor_options={"num_cpus": 0})
-    trainer = trainer_factory([_QueueCallback(queue)])
     box: dict[str, Any] = {}
+    try:
+        trainer = trainer_factory([_QueueCallback(queue)])
 
-    def run() -> None:
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the driver thread below
-            box["error"] = exc
+        def run() -> None:
+            try:
+                box["result"] = trainer.fit()
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the driver thread below
+                box["error"] = exc
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    while thread.is_alive() or not queue.empty():
-        with contextlib.suppress(Empty):
-            on_epoch(queue.get(timeout=0.5))
-    ray.kill(queue.actor)
+        thread = threading.Thread(target=run, name="mnist-ray-fit", daemon=True)
+        thread.start()
+        while thread.is_alive() or not queue.empty():
+            with contextlib.suppress(Empty):
+                metrics = queue.get(timeout=0.5)
+                if "callback_error" not in box:
+                    try:
+                        on_epoch(metrics)
+                    except Exception as exc:  # noqa: BLE001 - kept until fit ends, then raised
+                        box["callback_error"] = exc
+        thread.join()
+    finally:
+        ray.kill(queue.actor)
     if "error" in box:
         raise box["error"]
+    if "callback_error" in box:
+        raise box["callback_error"]
     return box["result"]
 
 
@@ -140,21 +156,34 @@ def check_storage(opts: RunOptions) -> None:
         )
 
 
-def check_resume(cfg: TrainConfig, run_dir: Path) -> None:
-    """Refuse to resume a run under a name that was trained with a different model or dataset."""
-    file = run_dir / "config.json"
-    if not file.is_file():
+def check_resume(cfg: TrainConfig, run_dir: str) -> None:
+    """Refuse to resume a run under a name that was trained with a different model, data or layout."""
+    file = storage.join(run_dir, "config.json")
+    if not storage.is_file(file):
         return
     try:
-        previous = TrainConfig.from_dict(json.loads(file.read_text()))
-    except (json.JSONDecodeError, ConfigError) as exc:
+        previous = TrainConfig.from_dict(parse_json_object(storage.read_text(file), str(file)))
+    except (ConfigError, UnicodeDecodeError, TypeError) as exc:
         raise ConfigError(f"{file} is damaged ({exc}): pass a new --name or delete {run_dir}") from None
     for key in ("model", "dataset", "num_workers", "batch_size", "seed"):
         if getattr(previous, key) != getattr(cfg, key):
             raise ConfigError(
-                f"run {run_dir.name} exists with {key}={getattr(previous, key)!r}, not "
+                f"run {run_dir} exists with {key}={getattr(previous, key)!r}, not "
                 f"{getattr(cfg, key)!r}: pass a new --name to start a fresh run"
             )
+
+
+def preflight(cfg: TrainConfig, opts: RunOptions) -> data.Arrays:
+    """Every check of a run that needs no Ray: resume compatibility, data files, writable output.
+
+    Returns the parsed, verified arrays, so bad data files fail before any resources are used.
+    """
+    check_resume(cfg, opts.run_dir)
+    arrays = data.load(cfg.dataset, opts.data_dir)
+    storage.check_writable(opts.output, "--output")
+    if opts.storage_path:
+        storage.check_writable(opts.storage_path, "--storage-path")
+    return arrays
 
 
 def train(
@@ -163,37 +192,38 @@ def train(
     on_epoch: Callable[[dict], None] = lambda m: None,
     arrays: data.Arrays | None = None,
 ) -> TrainOutputs:
-    """Run (or resume) training for ``cfg`` and write its reports; Ray must already be initialised.
+    """Run (or resume) training for ``cfg`` and write its outputs; Ray must already be initialised.
 
-    Jobs pass ``arrays`` parsed before Ray starts, so bad data files fail before any resources are used.
+    Jobs call :func:`preflight` before Ray starts and pass its ``arrays``; without them it runs here.
     """
-    run_dir = Path(opts.output).expanduser().resolve() / opts.name
-    check_resume(cfg, run_dir)
+    arrays = arrays if arrays is not None else preflight(cfg, opts)
     check_storage(opts)
     if not opts.wait_for_resources:
         check_fits(cfg)
-    refs = put_data(cfg, opts.data_dir, arrays)
-    atomic.write_json(run_dir / "config.json", cfg.to_dict())
+    refs = put_data(cfg, arrays)
+    storage.write_text(storage.join(opts.run_dir, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
     result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs), on_epoch)
     if result.error:
         raise result.error
-    return write_outputs(result, run_dir, cfg)
+    return write_outputs(result, opts.run_dir, cfg)
 
 
-def write_outputs(result, run_dir: Path, cfg: TrainConfig) -> TrainOutputs:
-    """history.parquet and curves.png from the latest checkpoint; a copy of the best checkpoint."""
+def write_outputs(result, run_dir: str, cfg: TrainConfig) -> TrainOutputs:
+    """history.parquet and curves.png from the latest checkpoint, and a copy of the best checkpoint."""
     with result.checkpoint.as_directory() as folder:
         history = pd.DataFrame(checkpoints.load(folder)["history"])
     best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1]["val_acc"])
-    best = run_dir / "best_checkpoint" / checkpoints.FILENAME
-    with best_ckpt.as_directory() as folder, atomic.atomic_path(best) as tmp:
-        shutil.copyfile(Path(folder) / checkpoints.FILENAME, tmp)
+    with tempfile.TemporaryDirectory(prefix="mnist-ray-out") as tmp:
+        history.to_parquet(Path(tmp) / "history.parquet", index=False)
+        plots.plot_curves(history, Path(tmp) / "curves.png", title=f"{cfg.model} on {cfg.dataset}")
+        for name in ("history.parquet", "curves.png"):
+            storage.upload_file(Path(tmp) / name, storage.join(run_dir, name))
     return TrainOutputs(
         run_dir=run_dir,
-        history=atomic.write_parquet(run_dir / "history.parquet", history),
-        curves=plots.plot_curves(history, run_dir / "curves.png", title=f"{cfg.model} on {cfg.dataset}"),
-        config=run_dir / "config.json",
-        best_checkpoint=best,
+        history=storage.join(run_dir, "history.parquet"),
+        curves=storage.join(run_dir, "curves.png"),
+        config=storage.join(run_dir, "config.json"),
+        best_checkpoint=checkpoints.publish_best(best_ckpt, run_dir),
         best_metrics=dict(best_metrics),
     )
 

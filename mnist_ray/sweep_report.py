@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from ray.train import Checkpoint
 
-from mnist_ray import atomic, checkpoints, plots
+from mnist_ray import checkpoints, plots, storage
 from mnist_ray.config import TrainConfig
 from mnist_ray.errors import MnistRayError
 
 TOP_CURVES = 3
 
 
-def trial_rows(grid, params: list[str], epochs: int) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One row per trial (sampled parameters, best/last metrics, early stop, checkpoint) and its curve."""
-    rows, curves = [], {}
+def trial_rows(grid, params: list[str], epochs: int, storage_root: str) -> tuple[pd.DataFrame, dict, dict]:
+    """One row per trial (sampled parameters, best/last metrics, early stop, checkpoint), its curve and config."""
+    rows, curves, configs = [], {}, {}
     for result in grid:
         history = result.metrics_dataframe
         if history is None or history.empty or "val_acc" not in history:
@@ -39,53 +40,60 @@ def trial_rows(grid, params: list[str], epochs: int) -> tuple[pd.DataFrame, dict
                 "stopped_early": result.error is None and done < epochs,
                 "error": None if result.error is None else str(result.error).splitlines()[0][:300],
                 "wall_s": float((result.metrics or {}).get("time_total_s", float("nan"))),
-                "checkpoint_path": best.get("checkpoint_path") if len(history) else None,
+                "checkpoint_path": _with_scheme(best.get("checkpoint_path"), storage_root) if len(history) else None,
             }
         )
         curves[trial_id] = history[["epoch", "val_acc"]].astype(float)
-    return pd.DataFrame(rows).sort_values("best_val_acc", ascending=False, ignore_index=True), curves
+        configs[trial_id] = dict(result.config)
+    return pd.DataFrame(rows).sort_values("best_val_acc", ascending=False, ignore_index=True), curves, configs
 
 
-def write(grid, out: Path, params: list[str], base: TrainConfig, wall_s: float, storage: str) -> dict[str, Any]:
-    """Write the sweep's reports into ``out`` and return their paths plus headline figures."""
-    trials, curves = trial_rows(grid, params, base.epochs)
+def _with_scheme(path: str | None, storage_root: str) -> str | None:
+    """Tune reports checkpoint paths without the URI scheme (``bucket/key``); put back ``s3://`` etc."""
+    if path and "://" in storage_root and "://" not in path:
+        return f"{storage_root.split('://', 1)[0]}://{path}"
+    return path
+
+
+SWEEP_ONLY = ("epochs", "train_limit", "num_workers", "cpus_per_worker", "use_gpu", "gpus_per_worker", "ddp_backend")
+"""Settings that shape a sweep (short trials, a subset, the per-trial layout), not the best recipe."""
+
+
+def write(
+    grid, out: str, params: list[str], cfg: TrainConfig, wall_s: float, storage_root: str, emit=print
+) -> dict[str, Any]:
+    """Write the sweep's reports into ``out`` (path or URI); return their locations and headline figures.
+
+    best.json is the best trial's own resolved config without the sweep-only settings, so
+    ``train.py --config best.json`` trains the full recipe with the train job's epochs, data and layout.
+    """
+    trials, curves, configs = trial_rows(grid, params, cfg.epochs, storage_root)
     finished = trials.dropna(subset=["best_val_acc"])
     if finished.empty:
-        raise MnistRayError(f"no trial of sweep {out.name} reported a result; see the trial errors in {out}")
+        raise MnistRayError(f"no trial of sweep {out} reported a result; see the trial errors in {out}")
     best = finished.iloc[0]
-    best_cfg = base.with_updates(**{p: _plain(best[p]) for p in params})
-    paths = {
-        "trials": atomic.write_parquet(out / "trials.parquet", trials),
-        "plot": plots.plot_tune(trials, {t: curves[t] for t in finished["trial_id"][:TOP_CURVES]}, out / "tune.png"),
-        "best_config": atomic.write_json(out / "best.json", best_cfg.to_dict()),
-        "best_checkpoint": _copy_checkpoint(
-            _with_scheme(best["checkpoint_path"], storage), out / "best_checkpoint" / checkpoints.FILENAME
-        ),
-    }
+    best_cfg = TrainConfig.from_dict({k: v for k, v in configs[best["trial_id"]].items() if k in cfg.to_dict()})
+    recipe = {k: v for k, v in best_cfg.to_dict().items() if k not in SWEEP_ONLY}
+    dropped = ", ".join(
+        f"{k}={getattr(best_cfg, k)}" for k in SWEEP_ONLY if getattr(best_cfg, k) != getattr(TrainConfig(), k)
+    )
+    if dropped:
+        emit(f"best.json leaves out the sweep-only settings {dropped}: train.py uses its own (or pass them)")
+    with tempfile.TemporaryDirectory(prefix="mnist-ray-sweep") as folder:
+        tmp = Path(folder)
+        trials.to_parquet(tmp / "trials.parquet", index=False)
+        plots.plot_tune(trials, {t: curves[t] for t in finished["trial_id"][:TOP_CURVES]}, tmp / "tune.png")
+        (tmp / "best.json").write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+        for name in ("trials.parquet", "tune.png", "best.json"):
+            storage.upload_file(tmp / name, storage.join(out, name))
     return {
-        **paths,
+        "trials": storage.join(out, "trials.parquet"),
+        "plot": storage.join(out, "tune.png"),
+        "best_config": storage.join(out, "best.json"),
+        "best_checkpoint": checkpoints.publish_best(Checkpoint(best["checkpoint_path"]), out),
         "best_trial": best["trial_id"],
         "best_val_acc": float(best["best_val_acc"]),
         "wall_s": wall_s,
         "trials_run": len(trials),
         "stopped_early": int(trials["stopped_early"].sum()),
     }
-
-
-def _copy_checkpoint(source: str, target: Path) -> Path:
-    """Copy a trial's checkpoint (local path or URI) to ``target`` atomically."""
-    with Checkpoint(source).as_directory() as folder, atomic.atomic_path(target) as tmp:
-        shutil.copyfile(Path(folder) / checkpoints.FILENAME, tmp)
-    return target
-
-
-def _with_scheme(path: str, storage: str) -> str:
-    """Tune reports checkpoint paths without the URI scheme (``bucket/key``); put back ``s3://`` etc."""
-    if "://" in storage and "://" not in path:
-        return f"{storage.split('://', 1)[0]}://{path}"
-    return path
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars from pandas back to Python values, so the config stays JSON-friendly."""
-    return value.item() if hasattr(value, "item") else value

@@ -22,35 +22,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_ray import checkpoints, data, models
+from mnist_ray import checkpoints, data, models, optim
 from mnist_ray.config import TrainConfig
 
 EVAL_BATCH = 1024
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Learning rate at optimizer step ``step`` of ``total``: a pure function of the schedule."""
-    t = min(step / max(total, 1), 1.0)
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-    if cfg.schedule == "onecycle":  # linear warm-up from lr/25 over 25% of steps, cosine down to lr/1e4
-        warm = 0.25
-        if t < warm:
-            return cfg.lr * (1 / 25 + (1 - 1 / 25) * t / warm)
-        return cfg.lr * (1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm))))
-    return cfg.lr
-
-
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Optimizer named by the config, with weight decay on weights only."""
-    groups = models.param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+    """The config's optimizer, with weight decay on weights only."""
+    groups = optim.param_groups(model, cfg.weight_decay)
+    return optim.build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
 
 
 def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -103,7 +84,7 @@ def train_epoch(
         xb, yb = x[idx], y[idx]
         if cfg.augment:
             xb = random_affine(xb, gen)
-        lr = lr_at(epoch * steps + i, cfg.epochs * steps, cfg)
+        lr = optim.lr_at(epoch * steps + i, cfg.epochs * steps, cfg.lr, cfg.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):

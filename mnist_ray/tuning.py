@@ -7,12 +7,12 @@ Each trial is a Tune function trainable that builds the same ``TorchTrainer`` as
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
@@ -20,8 +20,8 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from mnist_ray import atomic, runner, sweep_report
-from mnist_ray.config import MODELS, OPTIMIZERS, RunOptions, TrainConfig
+from mnist_ray import data, optim, runner, storage, sweep_report
+from mnist_ray.config import CHOICES, RunOptions, TrainConfig, parse_json_object
 from mnist_ray.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
@@ -39,64 +39,96 @@ class SearchSpace:
     lr_max: float = 1e-1
     """Upper end of the log-uniform learning-rate range."""
     lr_values: tuple[float, ...] = ()
-    """Explicit learning rates to grid over instead of sampling (each tried num_samples times)."""
-    optimizers: tuple[str, ...] = OPTIMIZERS
+    """Grid over these learning rates instead of sampling (each tried --num-samples times)."""
+    optimizers: tuple[str, ...] = tuple(optim.OPTIMIZERS)
     """Optimizers sampled uniformly."""
     models: tuple[str, ...] = ("cnn",)
     """Models sampled uniformly."""
     batch_sizes: tuple[int, ...] = ()
-    """Global batch sizes to sample from (empty: keep the base config's)."""
-    weight_decay: tuple[float, float] | None = None
-    """Log-uniform weight-decay range (None: keep the base config's)."""
+    """Global batch sizes to sample from (none: keep the base config's)."""
+    weight_decay_range: tuple[float, float] | None = None
+    """Log-uniform weight-decay range MIN MAX (none: keep the base config's)."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.lr_min <= self.lr_max:
-            raise ConfigError(f"learning-rate range [{self.lr_min}, {self.lr_max}] must satisfy 0 < min <= max")
-        if any(lr <= 0 for lr in self.lr_values):
-            raise ConfigError("--lr-values must all be positive")
-        for name, values, valid in (("optimizer", self.optimizers, OPTIMIZERS), ("model", self.models, MODELS)):
-            bad = sorted(set(values) - set(valid))
-            if bad or not values:
-                raise ConfigError(f"unknown or empty {name} choice {bad}; valid: {', '.join(valid)}")
-        if self.weight_decay and not 0 < self.weight_decay[0] <= self.weight_decay[1]:
-            raise ConfigError("weight-decay range must satisfy 0 < min <= max")
+        values = [self.lr_min, self.lr_max, *self.lr_values, *(self.weight_decay_range or ())]
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise ConfigError("--lr-min, --lr-max, --lr-values and --weight-decay-range must be finite and positive")
+        if self.lr_min > self.lr_max or (
+            self.weight_decay_range and self.weight_decay_range[0] > self.weight_decay_range[1]
+        ):
+            raise ConfigError("a range's minimum must not exceed its maximum (--lr-min/--lr-max, --weight-decay-range)")
+        for name in ("optimizers", "models"):
+            valid = CHOICES[name.removesuffix("s")]
+            bad = sorted(set(getattr(self, name)) - set(valid))
+            if bad or not getattr(self, name):
+                raise ConfigError(f"unknown or empty --{name} {bad}; valid: {', '.join(valid)}")
+        if any(b < 1 for b in self.batch_sizes):
+            raise ConfigError("--batch-sizes must be positive")
 
+    @functools.cached_property
     def param_space(self) -> dict[str, Any]:
-        """The Tune search space over TrainConfig field names."""
+        """The Tune search space over TrainConfig field names (built once)."""
+        lr = tune.grid_search(list(self.lr_values)) if self.lr_values else tune.loguniform(self.lr_min, self.lr_max)
         space: dict[str, Any] = {
-            "lr": tune.grid_search(list(self.lr_values))
-            if self.lr_values
-            else tune.loguniform(self.lr_min, self.lr_max),
+            "lr": lr,
             "optimizer": tune.choice(list(self.optimizers)),
             "model": tune.choice(list(self.models)),
         }
         if self.batch_sizes:
             space["batch_size"] = tune.choice(list(self.batch_sizes))
-        if self.weight_decay:
-            space["weight_decay"] = tune.loguniform(*self.weight_decay)
+        if self.weight_decay_range:
+            space["weight_decay"] = tune.loguniform(*self.weight_decay_range)
         return space
+
+    @property
+    def trials(self) -> int:
+        """Grid points per sample (1 unless --lr-values)."""
+        return max(len(self.lr_values), 1)
 
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """How many trials, how ASHA prunes them, and where the sweep lives."""
+    """How many trials, how ASHA prunes them, and whether to continue an interrupted sweep."""
 
     num_samples: int = 8
+    """Trials to run (per --lr-values entry when gridding)."""
     grace_period: int = 1
+    """ASHA: epochs a trial runs before it may be stopped."""
     reduction_factor: float = 2.0
+    """ASHA: keep 1/factor of the trials at each rung (> 1)."""
     max_concurrent: int = 0
-    """Trials at once; 0 = as many as the cluster fits."""
-    run: RunOptions = field(default_factory=lambda: RunOptions(name="sweep"))
+    """Trials at once (0 = as many as the cluster fits)."""
     resume: bool = False
+    """Continue the interrupted sweep --name from its saved definition (search flags are ignored)."""
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor <= 1 or self.max_concurrent < 0:
+        ok = self.num_samples >= 1 and self.grace_period >= 1 and self.max_concurrent >= 0
+        if not (ok and math.isfinite(self.reduction_factor) and self.reduction_factor > 1):
             raise ConfigError(
-                "need --num-samples >= 1, --grace-period >= 1, --reduction-factor > 1, --max-concurrent >= 0"
+                "need --num-samples >= 1, --grace-period >= 1, --reduction-factor > 1 (finite), --max-concurrent >= 0"
             )
 
 
-def plan(
+SWEEP_EPOCHS = 3
+"""Epochs per trial unless a preset, --config or --epochs says otherwise: sweeps compare short runs."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a finished sweep wrote (paths or URIs) and its headline figures."""
+
+    trials: str
+    plot: str
+    best_config: str
+    best_checkpoint: str
+    best_trial: str
+    best_val_acc: float
+    wall_s: float
+    trials_run: int
+    stopped_early: int
+
+
+def fit_layout(
     base: TrainConfig,
     trials: int,
     workers: int | None,
@@ -109,25 +141,24 @@ def plan(
         return base.with_updates(num_workers=workers or base.num_workers), max_concurrent or trials
     total = ray.cluster_resources()
     unit = "GPU" if base.use_gpu else "CPU"
-    per_worker = 1 if base.use_gpu else base.cpus_per_worker
+    per_worker = base.gpus_per_worker if base.use_gpu else base.cpus_per_worker
     slots = int(total.get(unit, 0) // per_worker)  # workers the cluster can run at once
     if slots < 1:
-        raise ResourceError(f"the cluster has {total.get(unit, 0):g} {unit}s; one worker needs {per_worker}")
+        raise ResourceError(f"the cluster has {total.get(unit, 0):g} {unit}s; one worker needs {per_worker:g}")
     if workers is None:  # spread the cluster over the trials, at least one worker each
         workers = max(1, slots // trials)
     if workers > slots:
         raise ResourceError(
-            f"{workers} workers per trial need {workers * per_worker} {unit}s but the cluster has "
+            f"{workers} workers per trial need {workers * per_worker:g} {unit}s but the cluster has "
             f"{total.get(unit, 0):g}: use --num-workers {slots} or fewer"
         )
-    batch = base.batch_size - base.batch_size % workers or workers
-    cfg = base.with_updates(num_workers=workers, batch_size=batch)
-    for size in batch_sizes:
-        if size < workers or size % workers or size % base.num_workers:
+    for size in (base.batch_size, *batch_sizes):
+        if size % workers or size % base.num_workers:
             raise ConfigError(
-                f"--batch-sizes {size} must be a multiple of the {workers} worker(s) per trial "
-                f"and of --num-workers {base.num_workers} (used by best.json)"
+                f"batch size {size} must be a multiple of the {workers} worker(s) per trial "
+                f"and of --num-workers {base.num_workers} (used by best.json): pass --batch-size/--batch-sizes"
             )
+    cfg = base.with_updates(num_workers=workers)
     runner.check_fits(cfg)
     concurrency = min(trials, slots // workers)
     return cfg, min(concurrency, max_concurrent) if max_concurrent else concurrency
@@ -170,76 +201,112 @@ def _fmt(value: Any) -> str:
     return f"{value:.2e}" if isinstance(value, float) else str(value)
 
 
-def make_tuner(base: TrainConfig, space: SearchSpace, opts: SweepOptions, concurrency: int, emit) -> tune.Tuner:
+def make_tuner(
+    cfg: TrainConfig, space: SearchSpace, sweep_opts: SweepOptions, run: RunOptions, concurrency: int, refs, emit
+) -> tune.Tuner:
     """A Tuner over ``space`` whose trials run :func:`run_trial` (fresh, or restored with --resume)."""
-    refs = runner.put_data(base, opts.run.data_dir)
-    storage = opts.run.storage
     trainable = tune.with_parameters(
-        run_trial, data_refs=refs, storage=f"{storage}/{opts.run.name}/train", max_failures=opts.run.max_failures
+        run_trial, data_refs=refs, storage=storage.join(run.storage, run.name, "train"), max_failures=run.max_failures
     )
     # The trial only drives its TorchTrainer (whose workers reserve the CPUs/GPUs): reserve memory, no CPU,
     # so a 2-CPU machine runs two 1-worker trials at once. Ray rejects an all-zero request.
     trainable = tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
-    path = f"{storage}/{opts.run.name}"
-    if opts.resume:
+    path = storage.join(run.storage, run.name)
+    if sweep_opts.resume:
         if not tune.Tuner.can_restore(path):
-            raise ConfigError(f"no sweep to resume at {path}: drop --resume to start one")
+            raise ConfigError(f"sweep {path} has no saved Tune state to resume: start a new sweep with another --name")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    if tune.Tuner.can_restore(path):
-        raise ConfigError(f"sweep {path} exists: pass --resume to continue it, or a new --name")
-    fixed = {k: v for k, v in base.to_dict().items() if k not in space.param_space()}
+    fixed = {k: v for k, v in cfg.to_dict().items() if k not in space.param_space}
     scheduler = ASHAScheduler(
         time_attr="epoch",
-        max_t=base.epochs,
-        grace_period=min(opts.grace_period, base.epochs),
-        reduction_factor=opts.reduction_factor,
+        max_t=cfg.epochs,
+        grace_period=min(sweep_opts.grace_period, cfg.epochs),
+        reduction_factor=sweep_opts.reduction_factor,
     )
     return tune.Tuner(
         trainable,
-        param_space={**fixed, **space.param_space()},
+        param_space={**fixed, **space.param_space},
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode="max",
-            num_samples=opts.num_samples,
+            num_samples=sweep_opts.num_samples,
             scheduler=scheduler,
             max_concurrent_trials=concurrency,
         ),
         run_config=tune.RunConfig(
-            name=opts.run.name,
-            storage_path=storage,
+            name=run.name,
+            storage_path=run.storage,
             verbose=0,
-            callbacks=[_TrialLog(list(space.param_space()), base.epochs, emit)],
+            callbacks=[_TrialLog(list(space.param_space), cfg.epochs, emit)],
         ),
     )
 
 
-def sweep(
-    base: TrainConfig, space: SearchSpace, opts: SweepOptions, workers: int | None = None, emit=log.info
-) -> dict[str, Path]:
+def check_new_or_resumable(run: RunOptions, resume: bool) -> None:
+    """A new sweep needs a free name; --resume needs a sweep to continue (checked before Ray starts)."""
+    spec = storage.join(run.run_dir, SPEC)
+    if resume and not storage.is_file(spec):
+        raise ConfigError(f"no sweep to resume: {spec} does not exist; drop --resume to start one")
+    if not resume and storage.exists(spec):
+        raise ConfigError(f"sweep {run.run_dir} exists: pass --resume to continue it, or a new --name")
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep's definition after the checks that need no Ray, with its data parsed and verified."""
+
+    base: TrainConfig
+    space: SearchSpace
+    options: SweepOptions
+    workers: int | None
+    """Workers per trial; None derives it from the cluster."""
+    arrays: data.Arrays
+
+
+def preflight(
+    base: TrainConfig, space: SearchSpace, options: SweepOptions, run: RunOptions, workers: int | None = None
+) -> SweepPlan:
+    """Check the name, load a resumed sweep's saved definition (sweep.json), parse the data, probe the output.
+
+    With ``resume`` the saved base config, space, workers and options replace the arguments, so changed
+    flags cannot corrupt a sweep.
+    """
+    check_new_or_resumable(run, options.resume)
+    if options.resume:
+        base, space, workers, options = load_spec(storage.join(run.run_dir, SPEC))
+    arrays = data.load(base.dataset, run.data_dir)
+    storage.check_writable(run.output, "--output")
+    return SweepPlan(base, space, options, workers, arrays)
+
+
+def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
     """Run (or resume) a sweep and write trials.parquet, tune.png, best.json and the best checkpoint."""
-    out = Path(opts.run.output).expanduser().resolve() / opts.run.name
-    if opts.resume:  # the sweep's own definition, not today's flags
-        base, space, workers = load_spec(out / SPEC)
-    trials = opts.num_samples * max(len(space.lr_values), 1)
-    runner.check_storage(opts.run)
-    cfg, concurrency = plan(base, trials, workers, opts.max_concurrent, space.batch_sizes, opts.run.wait_for_resources)
+    runner.check_storage(run)
+    space, options = sp.space, sp.options
+    trials = options.num_samples * space.trials
+    cfg, concurrency = fit_layout(
+        sp.base, trials, sp.workers, options.max_concurrent, space.batch_sizes, run.wait_for_resources
+    )
     emit(
-        f"sweep {opts.run.name}: {trials} trials, {concurrency} at a time, {cfg.num_workers} worker(s) x "
+        f"sweep {run.name}: {trials} trials, {concurrency} at a time, {cfg.num_workers} worker(s) x "
         f"{cfg.cpus_per_worker} CPU each, {cfg.epochs} epochs, ASHA on {METRIC}"
     )
     start = time.perf_counter()
-    tuner = make_tuner(cfg, space, opts, concurrency, emit)
-    if not opts.resume:
-        atomic.write_json(out / SPEC, {"base": base.to_dict(), "space": asdict(space), "workers": workers})
+    tuner = make_tuner(cfg, space, options, run, concurrency, runner.put_data(cfg, sp.arrays), emit)
+    if not options.resume:
+        spec = {"base": sp.base.to_dict(), "space": asdict(space), "workers": sp.workers, "sweep": asdict(options)}
+        storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")
     grid = tuner.fit()
-    params = list(space.param_space())
-    return sweep_report.write(grid, out, params, base, time.perf_counter() - start, opts.run.storage)
+    wall_s = time.perf_counter() - start
+    return SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
 
 
-def load_spec(path: Path) -> tuple[TrainConfig, SearchSpace, int | None]:
-    """The base config, search space and workers a sweep was started with (saved as sweep.json)."""
-    if not path.is_file():
-        raise ConfigError(f"no sweep to resume: {path} does not exist; drop --resume to start one")
-    spec = json.loads(path.read_text())
-    space = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["space"].items()}
-    return TrainConfig.from_dict(spec["base"]), SearchSpace(**space), spec["workers"]
+def load_spec(path: str) -> tuple[TrainConfig, SearchSpace, int | None, SweepOptions]:
+    """The base config, search space, workers and sweep options a sweep was started with (sweep.json)."""
+    try:
+        spec = parse_json_object(storage.read_text(path), str(path))
+        space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["space"].items()})
+        saved = SweepOptions(**{**spec.get("sweep", {}), "resume": True})
+        return TrainConfig.from_dict(spec["base"]), space, spec["workers"], saved
+    except (KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is damaged ({exc!r}): start a new sweep with another --name") from None

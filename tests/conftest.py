@@ -7,15 +7,18 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.s3"]  # the s3_server session fixture, started before Ray
+
 # Every Ray node the tests start binds to 127.0.0.1, never to this machine's interface address.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 REPO = Path(__file__).resolve().parent.parent
-MNIST = REPO / "data" / "mnist"
+MNIST = REPO / "mnist_ray" / "datasets" / "mnist"
 
 # Every file of one evaluation report folder (README "Evaluation" table).
 REPORT_FILES = {
+    "MANIFEST.json",
     "metrics.parquet",
     "predictions.parquet",
     "confusion_matrix.parquet",
@@ -31,9 +34,22 @@ REPORT_FILES = {
 TINY = {"epochs": 2, "train_limit": 2048, "val_size": 512, "batch_size": 64, "augment": False, "lr": 3e-3}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true", help="run the collected tests in reverse order")
+
+
+def pytest_collection_modifyitems(config, items):
+    """--reverse: the last test first, to prove no test depends on another having run."""
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
 @pytest.fixture(scope="session")
-def ray_session():
-    """A local Ray instance with 2 CPUs, shared by every test that needs Ray."""
+def ray_session(s3_server):
+    """A local Ray instance with 2 CPUs, shared by every test that needs Ray.
+
+    The S3 server starts first: Ray's processes inherit the AWS environment that points at it.
+    """
     import ray
 
     from mnist_ray import cluster
@@ -45,7 +61,11 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def tiny_run(ray_session, tmp_path_factory):
-    """A real 2-worker CNN run on an MNIST subset; returns (config, options, outputs)."""
+    """A real 2-worker CNN run on an MNIST subset; returns (config, options, outputs, epochs).
+
+    Shared by many tests, so no test may change it: a test that resumes or overwrites a run trains
+    or copies its own.
+    """
     from mnist_ray import runner
     from mnist_ray.config import RunOptions, TrainConfig
 

@@ -36,7 +36,9 @@ def main(output: str) -> None:
             refused = str(exc)
         # Both nodes share this machine's disk, so the output folder is storage every node reaches.
         out = runner.train(cfg, RunOptions(name="multinode", output=output, storage_path=output))
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100)
+        workers = list_actors(
+            address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100
+        )
         print(
             json.dumps(
                 {

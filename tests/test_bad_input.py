@@ -5,31 +5,15 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from mnist_ray import checkpoints, models
 from mnist_ray.errors import CheckpointError
-from tests.conftest import MNIST, REPO
-
-
-def run_job(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env or {**os.environ, "RAY_ADDRESS": ""},
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
-    err = [ln for ln in result.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], result.stderr[-2000:]
+from mnist_ray.jobs import evaluate, train
+from tests.conftest import MNIST
+from tests.helpers import assert_one_line_error, call
 
 
 @pytest.mark.parametrize(
@@ -46,11 +30,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
         ),
     ],
 )
-def test_train_with_bad_data_dir_fails_before_ray(tmp_path, mutate, message):
+def test_train_with_bad_data_dir_fails_before_ray(tmp_path, mutate, message, capsys):
     data = tmp_path / "data"
     shutil.copytree(MNIST, data)
     mutate(data)
-    result = run_job("train.py", "--data-dir", str(data), "--output", str(tmp_path / "out"))
+    result = call(train.main, capsys, "--data-dir", str(data), "--output", str(tmp_path / "out"))
     assert_one_line_error(result, message)
     assert not (tmp_path / "out" / "mnist").exists()
 
@@ -75,29 +59,36 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_pickle_payload_in_checkpoint_does_not_run(tmp_path):
+def test_pickle_payload_in_checkpoint_does_not_run(tmp_path, capsys):
     marker = tmp_path / "pwned"
     torch.save({"format": 1, "evil": Payload(str(marker))}, tmp_path / "model.pt")
     with pytest.raises(CheckpointError, match="holds objects other than weights; refusing"):
         checkpoints.load(tmp_path)
-    result = run_job("evaluate.py", "--checkpoint", str(tmp_path / "model.pt"), "--reports", str(tmp_path / "r"))
+    result = call(evaluate.main, capsys, "--checkpoint", str(tmp_path / "model.pt"), "--reports", str(tmp_path / "r"))
     assert_one_line_error(result, "refusing to load it")
     assert not marker.exists() and not (tmp_path / "r").exists()
 
 
-def test_evaluate_rejects_bad_checkpoints(tmp_path, good_checkpoint):
+def test_evaluate_rejects_bad_checkpoints(tmp_path, good_checkpoint, capsys):
     reports = str(tmp_path / "reports")
     assert_one_line_error(
-        run_job("evaluate.py", "--checkpoint", str(tmp_path / "none.pt"), "--reports", reports), "does not exist"
+        call(evaluate.main, capsys, "--checkpoint", str(tmp_path / "none.pt"), "--reports", reports), "does not exist"
     )
     (tmp_path / "corrupt.pt").write_bytes(good_checkpoint.read_bytes()[:5000])
     assert_one_line_error(
-        run_job("evaluate.py", "--checkpoint", str(tmp_path / "corrupt.pt"), "--reports", reports),
+        call(evaluate.main, capsys, "--checkpoint", str(tmp_path / "corrupt.pt"), "--reports", reports),
         "is corrupt or truncated",
     )
     assert_one_line_error(
-        run_job(
-            "evaluate.py", "--checkpoint", str(good_checkpoint), "--dataset", "fashion-mnist", "--reports", reports
+        call(
+            evaluate.main,
+            capsys,
+            "--checkpoint",
+            str(good_checkpoint),
+            "--dataset",
+            "fashion-mnist",
+            "--reports",
+            reports,
         ),
         "is a dataset 'mnist', not 'fashion-mnist'",
     )
@@ -105,28 +96,28 @@ def test_evaluate_rejects_bad_checkpoints(tmp_path, good_checkpoint):
     state["model"] = "ann"  # cnn weights labelled as another architecture
     torch.save(state, tmp_path / "mislabelled.pt")
     assert_one_line_error(
-        run_job("evaluate.py", "--checkpoint", str(tmp_path / "mislabelled.pt"), "--reports", reports),
+        call(evaluate.main, capsys, "--checkpoint", str(tmp_path / "mislabelled.pt"), "--reports", reports),
         "do not fit the ann architecture",
     )
     assert_one_line_error(
-        run_job("evaluate.py", "--checkpoint", str(good_checkpoint), "--min-accuracy", "99", "--reports", reports),
-        "must be a fraction",
+        call(evaluate.main, capsys, "--checkpoint", str(good_checkpoint), "--min-accuracy", "99", "--reports", reports),
+        "min_accuracy must be in [0, 1]",
     )
     assert not (tmp_path / "reports").exists()
 
 
-def test_existing_report_id_is_refused_before_work(tmp_path, good_checkpoint):
-    (tmp_path / "taken").mkdir()
+def test_existing_report_id_is_refused_before_work(tmp_path, good_checkpoint, capsys):
+    (tmp_path / "taken").mkdir()  # any existing folder, complete or not, needs --overwrite
     assert_one_line_error(
-        run_job("evaluate.py", "--checkpoint", str(good_checkpoint), "--reports", str(tmp_path), "--run-id", "taken"),
+        call(
+            evaluate.main, capsys, "--checkpoint", str(good_checkpoint), "--reports", str(tmp_path), "--run-id", "taken"
+        ),
         "already exists: pass --overwrite",
     )
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_more_workers_than_the_cluster_fails_fast(ray_session, tmp_path):
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    result = run_job("train.py", "--num-workers", "8", "--batch-size", "64", "--output", str(tmp_path), env=env)
+def test_more_workers_than_the_cluster_fails_fast(tmp_path, capsys):
+    result = call(train.main, capsys, "--num-workers", "8", "--batch-size", "64", "--output", str(tmp_path))
     assert_one_line_error(result, "need 8 CPUs but the cluster has 2")
-    result = run_job("train.py", "--use-gpu", "--output", str(tmp_path), env=env)
-    assert_one_line_error(result, "--use-gpu needs 2 GPUs")
+    assert_one_line_error(call(train.main, capsys, "--use-gpu", "--output", str(tmp_path)), "--use-gpu needs 2 GPUs")

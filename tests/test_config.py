@@ -19,14 +19,26 @@ from mnist_ray.errors import ConfigError
         ({"schedule": "step"}, "unknown schedule"),
         ({"lr": 0.0}, "lr must be positive.*--lr"),
         ({"lr": -1e-3}, "lr must be positive"),
-        ({"epochs": 0}, "epochs must be positive.*--epochs"),
-        ({"batch_size": -8}, "batch_size must be positive"),
+        ({"epochs": 0}, r"epochs must be in \[1, 10000\].*--epochs"),
+        ({"batch_size": -8}, "batch_size must be in"),
         ({"batch_size": 3, "num_workers": 4}, "batch_size 3 is below num_workers 4"),
         ({"batch_size": 10, "num_workers": 4}, "does not split evenly"),
-        ({"val_size": 60000}, "leaves no training images"),
-        ({"label_smoothing": 1.0}, "below 1"),
-        ({"val_size": 0}, "gives a worker no validation images"),
-        ({"train_limit": 10}, "train_limit 10 is below one batch"),
+        ({"val_size": 60000}, "val_size must be in"),
+        ({"label_smoothing": 1.0}, "label_smoothing must be in"),
+        ({"val_size": 0}, "val_size must be in"),
+        ({"train_limit": 10}, "10 training images .* fewer than one batch of 128"),
+        # every float is finite and every number in its field's range, by one rule (issue: bad inputs)
+        ({"lr": float("inf")}, "lr must be a finite number.*--lr"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
+        ({"momentum": float("inf")}, "momentum must be a finite number"),
+        ({"dropout": float("nan")}, "dropout must be a finite number"),
+        ({"label_smoothing": float("nan")}, "label_smoothing must be a finite number"),
+        ({"seed": -1}, r"seed must be in \[0, 4294967295\].*--seed"),
+        ({"val_size": 59999}, "1 training images .* fewer than one batch"),
+        ({"batch_size": 100000}, "batch_size must be in"),
+        ({"gpus_per_worker": 0.0}, "gpus_per_worker must be positive"),
+        ({"use_gpu": True, "gpus_per_worker": 0.5, "ddp_backend": "nccl"}, "nccl needs one GPU per worker"),
+        ({"ddp_backend": "mpi"}, "unknown ddp_backend 'mpi'; valid: auto, gloo, nccl"),
     ],
 )
 def test_invalid_values_are_rejected(changes, message):
@@ -51,9 +63,16 @@ def test_unknown_field_in_file_is_named(tmp_path):
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("default", str(tmp_path / "nope.json"))
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="not valid JSON"):
-        load_config("default", str(tmp_path / "bad.json"))
+    for damage, message in [
+        (b"{not json", "not valid JSON"),
+        (b'{"lr": Infinity}', "Infinity is not a number JSON allows"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"null", "must hold a JSON object of TrainConfig fields, not NoneType"),
+        (b"\xff\xfe{", "cannot read config file"),
+    ]:
+        (tmp_path / "bad.json").write_bytes(damage)
+        with pytest.raises(ConfigError, match=message):
+            load_config("default", str(tmp_path / "bad.json"))
 
 
 def test_round_trip_through_dict():
@@ -63,8 +82,9 @@ def test_round_trip_through_dict():
 
 
 def test_run_options_validate_names():
-    with pytest.raises(ConfigError, match="plain folder name"):
-        RunOptions(name="../escape")
+    for bad in ("../escape", "a" * 300, "line\nbreak", "", ".hidden"):
+        with pytest.raises(ConfigError, match="plain folder name"):
+            RunOptions(name=bad)
     assert RunOptions(output="/tmp/x").storage == "/tmp/x"
     assert RunOptions(output="/tmp/x", storage_path="s3://bucket/p").storage == "s3://bucket/p"
 
@@ -77,7 +97,7 @@ def test_wrong_types_in_a_config_file_are_named(tmp_path):
     f.write_text(json.dumps({"lr": 1, "augment": "yes"}))
     with pytest.raises(ConfigError, match="config field augment must be bool"):
         load_config("default", str(f))
-    with pytest.raises(ConfigError, match="cannot read config file"):
+    with pytest.raises(ConfigError, match=r"config file .* does not exist \(or is not a file\)"):
         load_config("default", str(tmp_path))
 
 

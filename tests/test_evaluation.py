@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +11,9 @@ from matplotlib import image
 
 from mnist_ray import evaluation, reports
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, CheckpointError, MnistRayError
-from tests.conftest import REPO, REPORT_FILES
+from mnist_ray.jobs import evaluate
+from tests.conftest import REPORT_FILES
+from tests.helpers import call
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 def report(tiny_run, tmp_path_factory):
     """One evaluation report of the tiny run's best checkpoint."""
     root = tmp_path_factory.mktemp("reports")
-    folder, metrics = reports.evaluate_to_report(tiny_run[2].best_checkpoint, root, "first")
-    return root, folder, metrics
+    folder, metrics = reports.evaluate_to_report(tiny_run[2].best_checkpoint, str(root), "first")
+    return root, Path(folder), metrics
 
 
 def test_report_has_every_file(report):
@@ -58,51 +58,48 @@ def test_pngs_are_real_images(report):
     assert "![confusion matrix](confusion_matrix.png)" in (folder / "summary.md").read_text()
 
 
-def test_history_grows_and_same_id_needs_overwrite(report, tiny_run):
-    root, _, _ = report
-    assert len(pd.read_parquet(root / "history.parquet")) == 1
+def test_history_is_rebuilt_from_complete_reports(tiny_run, tmp_path):
+    ckpt, root = tiny_run[2].best_checkpoint, str(tmp_path)
+    reports.evaluate_to_report(ckpt, root, "first")
+    assert pd.read_parquet(tmp_path / "history.parquet")["run_id"].tolist() == ["first"]
     with pytest.raises(MnistRayError, match="already exists: pass --overwrite"):
-        reports.evaluate_to_report(tiny_run[2].best_checkpoint, root, "first")
-    reports.evaluate_to_report(tiny_run[2].best_checkpoint, root, "second")
-    history = pd.read_parquet(root / "history.parquet")
-    assert history["run_id"].tolist() == ["first", "second"]
-    assert image.imread(root / "history.png").shape[1] > 400
-    reports.evaluate_to_report(tiny_run[2].best_checkpoint, root, "second", overwrite=True)
-    assert pd.read_parquet(root / "history.parquet")["run_id"].tolist() == ["first", "second"]
+        reports.evaluate_to_report(ckpt, root, "first")
+    (tmp_path / "half-written").mkdir()  # an interrupted report: files but no manifest
+    (tmp_path / "half-written" / "metrics.parquet").write_bytes(b"PAR1 x")
+    reports.evaluate_to_report(ckpt, root, "second")
+    history = pd.read_parquet(tmp_path / "history.parquet")
+    assert history["run_id"].tolist() == ["first", "second"]  # the incomplete one is never listed
+    assert image.imread(tmp_path / "history.png").shape[1] > 400
+    reports.evaluate_to_report(ckpt, root, "second", overwrite=True)
+    assert pd.read_parquet(tmp_path / "history.parquet")["run_id"].tolist() == ["first", "second"]
 
 
-def test_min_accuracy_exit_code_after_writing_report(ray_session, tiny_run, tmp_path):
-    """The real job, joined to the test's Ray cluster: writes the report, then exits 3."""
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "jobs" / "evaluate.py"),
-            "--run",
-            str(tiny_run[2].run_dir),
-            "--reports",
-            str(tmp_path),
-            "--run-id",
-            "gate",
-            "--min-accuracy",
-            "0.9999",
-            "--actors",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
+def test_a_damaged_history_or_report_never_breaks_an_evaluation(tiny_run, tmp_path):
+    ckpt = tiny_run[2].best_checkpoint
+    reports.evaluate_to_report(ckpt, str(tmp_path), "old")
+    (tmp_path / "history.parquet").write_bytes(b"PAR1 x")  # a damaged history file
+    (tmp_path / "old" / "metrics.parquet").write_bytes(b"PAR1 x")  # and a damaged complete report
+    _, metrics = reports.evaluate_to_report(ckpt, str(tmp_path), "new")
+    assert metrics["accuracy"] > 0.8
+    assert pd.read_parquet(tmp_path / "history.parquet")["run_id"].tolist() == ["new"]  # rebuilt, bad one skipped
+
+
+def test_min_accuracy_exits_3_after_writing_the_report(tiny_run, tmp_path, capsys):
+    """The evaluation job on the suite's Ray: writes the report (passed = False), then exits 3."""
+    args = ["--run", tiny_run[2].run_dir, "--reports", str(tmp_path), "--run-id", "gate", "--actors", "1"]
+    result = call(evaluate.main, capsys, *args, "--min-accuracy", "0.9999")
     assert result.returncode == EXIT_BELOW_THRESHOLD, result.stderr[-2000:]
     assert "is below --min-accuracy 0.9999" in result.stderr
     assert (tmp_path / "gate" / "summary.md").is_file()
+    metrics = pd.read_parquet(tmp_path / "gate" / "metrics.parquet")
+    assert not metrics["passed"].iloc[0] and metrics["min_accuracy"].iloc[0] == 0.9999
 
 
 def test_checkpoint_resolution(tiny_run, tmp_path):
     run_dir = tiny_run[2].run_dir
-    assert evaluation.resolve_checkpoint(run=str(run_dir)) == tiny_run[2].best_checkpoint
-    assert evaluation.resolve_checkpoint(models_dir=str(run_dir.parent)) == tiny_run[2].best_checkpoint
+    assert evaluation.resolve_checkpoint(run=run_dir) == tiny_run[2].best_checkpoint
+    assert evaluation.resolve_checkpoint(models_dir=str(Path(run_dir).parent)) == tiny_run[2].best_checkpoint
+    assert evaluation.resolve_checkpoint(checkpoint=str(Path(tiny_run[2].best_checkpoint).parent)).endswith("model.pt")
     with pytest.raises(CheckpointError, match="no finished run"):
         evaluation.resolve_checkpoint(models_dir=str(tmp_path))
     with pytest.raises(CheckpointError, match="does not exist"):

@@ -15,6 +15,7 @@ import pytest
 
 from mnist_ray import runner
 from mnist_ray.config import RunOptions, TrainConfig
+from tests import helpers
 from tests.conftest import REPO, REPORT_FILES, TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -22,10 +23,7 @@ SLOWER = {**TINY, "train_limit": 8192, "epochs": 4}  # epochs of a few seconds: 
 
 
 def _alive_train_workers() -> list[int]:
-    from ray.util.state import list_actors
-
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
-    return [a.pid for a in actors]
+    return [a.pid for a in helpers.alive_actors("RayTrainWorker", detail=True)]
 
 
 def test_lost_worker_restarts_from_last_checkpoint(tmp_path):
@@ -79,7 +77,7 @@ def _kill_after_line(proc: subprocess.Popen, prefix: str, delay: float = 0.0, ti
 @pytest.fixture
 def cluster_env(ray_session) -> dict:
     """Environment for a job process that joins the tests' Ray cluster."""
-    return {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    return helpers.cluster_env(ray_session)
 
 
 def test_killed_train_driver_resumes_with_the_same_command(tmp_path, cluster_env):
@@ -116,7 +114,7 @@ def test_killed_evaluation_leaves_no_partial_report(tmp_path, cluster_env, tiny_
     proc = _job(
         "evaluate.py",
         "--run",
-        str(tiny_run[2].run_dir),
+        tiny_run[2].run_dir,
         "--reports",
         str(tmp_path),
         "--run-id",
@@ -128,6 +126,9 @@ def test_killed_evaluation_leaves_no_partial_report(tmp_path, cluster_env, tiny_
     _kill_after_line(proc, "evaluating", delay=2.0)
     report = tmp_path / "cut"
     assert not report.exists() or {p.name for p in report.iterdir()} == REPORT_FILES
+    from mnist_ray import storage
+
+    assert not report.exists() or storage.is_complete(str(report))
 
 
 def _descendants(root: int) -> set[int]:

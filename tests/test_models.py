@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_ray import models
+from mnist_ray import models, optim
 from mnist_ray.errors import ConfigError
 
 
@@ -35,6 +35,6 @@ def test_unknown_model_lists_valid_names():
 
 
 def test_weight_decay_skips_biases_and_norms():
-    decay, no_decay = models.param_groups(models.build("cnn"), 1e-4)
+    decay, no_decay = optim.param_groups(models.build("cnn"), 1e-4)
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from mnist_ray import checkpoints, runner, training
+from mnist_ray import checkpoints, optim, runner, training
 from mnist_ray.config import RunOptions, TrainConfig
 from mnist_ray.errors import ConfigError, ResourceError
+from tests.helpers import alive_actors
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -23,7 +26,7 @@ def test_run_writes_outputs_with_falling_loss(tiny_run):
     assert history["train_loss"].iloc[1] < history["train_loss"].iloc[0]
     assert history["val_loss"].iloc[1] < history["val_loss"].iloc[0]
     assert history["val_acc"].iloc[-1] > 0.8
-    assert out.curves.stat().st_size > 10_000 and out.config.is_file()
+    assert Path(out.curves).stat().st_size > 10_000 and Path(out.config).is_file()
     assert [m["epoch"] for m in epochs] == [1, 2]  # the driver saw one progress report per epoch
 
 
@@ -36,9 +39,14 @@ def test_best_checkpoint_loads_safely_and_rebuilds_the_model(tiny_run):
     assert out.best_metrics["val_acc"] == max(pd.read_parquet(out.history)["val_acc"])
 
 
-def test_same_name_resumes_from_last_checkpoint(tiny_run):
-    cfg, opts, out, _ = tiny_run
-    before = pd.read_parquet(out.history)
+def test_same_seed_gives_the_same_run_and_the_same_name_resumes_it(tiny_run, tmp_path):
+    """A run of its own (the shared tiny run stays untouched): equal to the tiny run, then resumed by name."""
+    cfg, _, out, _ = tiny_run
+    opts = RunOptions(name="again", output=str(tmp_path))
+    again = runner.train(cfg, opts)
+    cols = ["train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    first, before = pd.read_parquet(out.history), pd.read_parquet(again.history)
+    pd.testing.assert_frame_equal(first[cols], before[cols])  # same seed and workers: the same metrics
     seen: list[dict] = []
     resumed = runner.train(dataclasses.replace(cfg, epochs=3), opts, on_epoch=seen.append)
     after = pd.read_parquet(resumed.history)
@@ -58,25 +66,42 @@ def test_layout_larger_than_cluster_fails_fast():
         runner.check_fits(TrainConfig(num_workers=8, batch_size=64))
     with pytest.raises(ResourceError, match="--use-gpu needs 2 GPUs"):
         runner.check_fits(TrainConfig(use_gpu=True))
+    with pytest.raises(ResourceError, match="--use-gpu needs 1 GPUs \\(0.5 per worker\\)"):
+        runner.check_fits(TrainConfig(use_gpu=True, gpus_per_worker=0.5, ddp_backend="gloo"))
 
 
 def test_onecycle_schedule_warms_up_then_decays():
-    cfg = TrainConfig(lr=0.01, schedule="onecycle")
-    lrs = [training.lr_at(s, 100, cfg) for s in range(101)]
+    lrs = [optim.lr_at(s, 100, 0.01, "onecycle") for s in range(101)]
     assert lrs[0] == pytest.approx(0.01 / 25) and max(lrs) == pytest.approx(0.01)
     assert lrs.index(max(lrs)) == 25 and lrs[-1] < 1e-5
-    assert training.lr_at(50, 100, TrainConfig(lr=0.01, schedule="none")) == 0.01
+    assert optim.lr_at(50, 100, 0.01, "none") == 0.01
+
+
+def test_unknown_optimizer_or_schedule_fails_instead_of_a_default():
+    with pytest.raises(ConfigError, match="unknown schedule 'step'; valid: none, onecycle, cosine"):
+        optim.lr_at(1, 10, 0.1, "step")
+    with pytest.raises(ConfigError, match="unknown optimizer 'lion'"):
+        optim.build_optimizer("lion", [], 0.1, 0.9)
+
+
+def test_a_failing_progress_callback_leaks_no_thread_or_actor(tiny_run, tmp_path):
+    """The callback's error surfaces after fit() ends; the fit thread is joined and the queue actor gone."""
+    import threading
+
+    def boom(metrics: dict) -> None:
+        raise RuntimeError("progress display broke")
+
+    cfg = dataclasses.replace(tiny_run[0], epochs=1)
+    with pytest.raises(RuntimeError, match="progress display broke"):
+        runner.train(cfg, RunOptions(name="boom", output=str(tmp_path)), on_epoch=boom)
+    assert not [t for t in threading.enumerate() if t.name == "mnist-ray-fit"]
+    deadline = time.time() + 15  # ray.kill is asynchronous
+    while alive_actors("_QueueActor"):
+        assert time.time() < deadline, "the progress queue actor is still alive"
+        time.sleep(0.5)
 
 
 def test_augmentation_keeps_shape_and_background():
     x = torch.full((4, 1, 28, 28), -0.1307 / 0.3081)
     out = training.random_affine(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and torch.allclose(out, x, atol=1e-5)  # a blank image stays blank
-
-
-def test_same_seed_and_workers_give_the_same_metrics(tiny_run, tmp_path):
-    cfg, _, out, _ = tiny_run
-    again = runner.train(cfg, RunOptions(name="again", output=str(tmp_path)))
-    first, second = pd.read_parquet(out.history), pd.read_parquet(again.history)
-    cols = ["train_loss", "train_acc", "val_loss", "val_acc", "lr"]
-    pd.testing.assert_frame_equal(first[cols].iloc[:2], second[cols])

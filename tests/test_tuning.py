@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,13 +17,15 @@ from mnist_ray import tuning
 from mnist_ray.config import RunOptions, TrainConfig, load_config
 from mnist_ray.errors import ConfigError, ResourceError
 from tests.conftest import REPO, TINY
+from tests.helpers import cluster_env
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 BASE = TrainConfig(**{**TINY, "epochs": 2})
 
 
-def _opts(tmp_path, name, **kw) -> tuning.SweepOptions:
-    return tuning.SweepOptions(run=RunOptions(name=name, output=str(tmp_path)), **kw)
+def _sweep(tmp_path, name: str, space: tuning.SearchSpace, **options) -> tuning.SweepResult:
+    run = RunOptions(name=name, output=str(tmp_path))
+    return tuning.sweep(tuning.preflight(BASE, space, tuning.SweepOptions(**options), run), run)
 
 
 def _sampled(sweep_dir: Path) -> dict[str, dict]:
@@ -36,10 +37,11 @@ def _sampled(sweep_dir: Path) -> dict[str, dict]:
     }
 
 
+@pytest.mark.slow
 def test_sweep_of_four_trials_on_two_cpus(tmp_path):
     space = tuning.SearchSpace(lr_min=1e-3, lr_max=1e-2, optimizers=("adam", "sgd"))
-    out = tuning.sweep(BASE, space, _opts(tmp_path, "four", num_samples=4))
-    trials = pd.read_parquet(out["trials"])
+    out = _sweep(tmp_path, "four", space, num_samples=4)
+    trials = pd.read_parquet(out.trials)
     assert len(trials) == 4 and trials["error"].isna().all()
     sampled = _sampled(tmp_path / "four")
     assert set(trials["trial_id"]) == set(sampled)
@@ -48,28 +50,61 @@ def test_sweep_of_four_trials_on_two_cpus(tmp_path):
         assert 1e-3 <= row.lr <= 1e-2 and row.optimizer in {"adam", "sgd"} and row.model == "cnn"
         assert 1 <= row.epochs_completed <= 2 and row.stopped_early == (row.epochs_completed < 2)
         assert Path(row.checkpoint_path).is_dir() and row.wall_s > 0
-    best = load_config("default", str(out["best_config"]))  # accepted by jobs/train.py --config
+    best = load_config("default", out.best_config)  # accepted by jobs/train.py --config
     top = trials.iloc[0]
     assert (best.lr, best.optimizer) == (top.lr, top.optimizer) and top.best_val_acc == trials["best_val_acc"].max()
-    assert image.imread(out["plot"]).shape[1] > 400 and out["best_checkpoint"].is_file()
+    # the recipe, not the sweep's shortcuts: train.py's own epochs, data and layout apply
+    saved = json.loads(Path(out.best_config).read_text())
+    assert not {"epochs", "train_limit", "num_workers"} & set(saved) and best.epochs == 12 and best.train_limit == 0
+    assert saved["batch_size"] == 64 and saved["val_size"] == 512
+    assert image.imread(out.plot).shape[1] > 400 and Path(out.best_checkpoint).is_file()
 
 
+@pytest.mark.slow
 def test_asha_stops_a_poor_trial_early(tmp_path):
     """Sequential grid: a good lr reaches rung 1 first, so a hopeless lr (1e-6) falls below the cutoff."""
     space = tuning.SearchSpace(lr_values=(3e-3, 1e-6), optimizers=("adam",))
-    out = tuning.sweep(BASE, space, _opts(tmp_path, "asha", num_samples=1, max_concurrent=1))
-    trials = pd.read_parquet(out["trials"]).set_index("lr")
+    out = _sweep(tmp_path, "asha", space, num_samples=1, max_concurrent=1)
+    trials = pd.read_parquet(out.trials).set_index("lr")
     assert trials.loc[1e-6, "stopped_early"] and trials.loc[1e-6, "epochs_completed"] == 1
     assert not trials.loc[3e-3, "stopped_early"] and trials.loc[3e-3, "epochs_completed"] == 2
-    assert out["stopped_early"] == 1
+    assert out.stopped_early == 1
 
 
 def test_impossible_layout_fails_fast():
     with pytest.raises(ResourceError, match="3 workers per trial need 3 CPUs but the cluster has 2"):
-        tuning.plan(BASE, trials=4, workers=3)
-    assert tuning.plan(BASE, trials=4, workers=None)[1] == 2  # 2 CPUs: two 1-worker trials at once
-    with pytest.raises(ConfigError, match="pass --resume|no sweep to resume"):
-        tuning.make_tuner(BASE, tuning.SearchSpace(), _opts(Path("/tmp/none-such"), "x", resume=True), 1, print)
+        tuning.fit_layout(BASE, trials=4, workers=3)
+    assert tuning.fit_layout(BASE, trials=4, workers=None)[1] == 2  # 2 CPUs: two 1-worker trials at once
+    with pytest.raises(ConfigError, match="batch size 63 must be a multiple"):
+        tuning.fit_layout(BASE.with_updates(batch_size=63, num_workers=1), trials=1, workers=2)
+
+
+def test_resume_or_new_name_is_checked_before_ray(tmp_path):
+    run = RunOptions(name="x", output=str(tmp_path))
+    with pytest.raises(ConfigError, match="no sweep to resume"):
+        tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(resume=True), run)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "sweep.json").write_text("{}")
+    with pytest.raises(ConfigError, match="exists: pass --resume"):
+        tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(), run)
+    with pytest.raises(ConfigError, match="sweep.json is damaged"):
+        tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(resume=True), run)
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"lr_max": float("inf")}, "finite and positive"),
+        ({"lr_values": (float("nan"), 1.0)}, "finite and positive"),
+        ({"lr_min": 0.1, "lr_max": 0.01}, "minimum must not exceed"),
+        ({"optimizers": ("lion",)}, "unknown or empty --optimizers"),
+    ],
+)
+def test_bad_search_spaces_are_refused(space, message):
+    with pytest.raises(ConfigError, match=message):
+        tuning.SearchSpace(**space)
+    with pytest.raises(ConfigError, match="reduction-factor > 1"):
+        tuning.SweepOptions(reduction_factor=float("nan"))
 
 
 def _tune_cmd(tmp_path, *extra):
@@ -109,8 +144,9 @@ def _wait_for_terminated_trial(sweep: Path, proc, timeout=240) -> None:
     raise AssertionError("no trial finished before the deadline")
 
 
+@pytest.mark.slow
 def test_resume_after_killed_driver_skips_finished_trials(ray_session, tmp_path):
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    env = cluster_env(ray_session)
     first = subprocess.Popen(_tune_cmd(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     _wait_for_terminated_trial(tmp_path / "resumable", first)
     first.send_signal(signal.SIGKILL)

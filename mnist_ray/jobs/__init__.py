@@ -1,0 +1,1 @@
+"""The jobs' logic as importable ``main(argv) -> int`` functions; ``jobs/*.py`` are the entrypoint shims."""

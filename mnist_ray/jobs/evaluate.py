@@ -1,0 +1,93 @@
+"""Evaluate a trained checkpoint on the 10k test set with Ray Data batch inference.
+
+Writes <reports>/<run-id>/ (metrics, predictions, confusion matrix, digit error ranking, figures,
+summary.md), complete or absent, to a folder or an s3:// URI; rebuilds <reports>/history.parquet;
+exits 3 when --min-accuracy is not met (2 for bad input), so a scheduler can alert on each.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+
+from mnist_ray import cli, cluster, evaluation, reports, storage
+from mnist_ray.config import DEFAULT_REPORTS, RayOptions, check_range, validate_fields
+from mnist_ray.errors import EXIT_BELOW_THRESHOLD, ConfigError
+
+emit = functools.partial(print, flush=True)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Which checkpoint to score, how, and where its report goes."""
+
+    checkpoint: str | None = None
+    """A model.pt file or checkpoint folder (path or URI)."""
+    run: str | None = None
+    """A training run or sweep folder (path or URI): evaluates its best checkpoint."""
+    models_dir: str | None = None
+    """Evaluate the newest finished run under this folder or URI (default: ~/mnist_ray/runs)."""
+    reports: str = DEFAULT_REPORTS
+    """Reports folder or URI: <reports>/<run-id>/."""
+    run_id: str | None = None
+    """Report name (default: the UTC time, e.g. 20261126T030000Z)."""
+    overwrite: bool = False
+    """Replace an existing report with the same run id."""
+    min_accuracy: float | None = None
+    """Exit 3 when test accuracy is below this fraction, e.g. 0.99 (the report is written first)."""
+    dataset: str | None = None
+    """Refuse a checkpoint trained on another dataset."""
+    data_dir: str | None = None
+    """Folder with the four IDX files (default: the dataset's own place)."""
+    use_gpu: bool = False
+    """One GPU per inference actor."""
+    actors: int = 2
+    """Inference actors in the Ray Data pool."""
+    batch_size: int = 1000
+    """Images per inference batch."""
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.checkpoint, self.run, self.models_dir)) > 1:
+            raise ConfigError("pass only one of --checkpoint, --run and --models-dir")
+        validate_fields(self)
+        if self.min_accuracy is not None:
+            check_range("min_accuracy", self.min_accuracy, 0, 1, "[]", "--min-accuracy (a fraction, e.g. 0.99)")
+        check_range("actors", self.actors, 1, 1024, "[]", "--actors")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, pick and load the checkpoint, connect to Ray, evaluate, write the report."""
+    p = cli.parser(__doc__)
+    cli.add_fields(p.add_argument_group("evaluation"), EvalOptions, EvalOptions())
+    cli.add_fields(p.add_argument_group("ray"), RayOptions, RayOptions())
+    args = p.parse_args(argv)
+    opts, ray_opts = cli.build(EvalOptions, args), cli.build(RayOptions, args)
+    run_id = opts.run_id or reports.new_run_id()
+    checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
+    reports.check_run_dir(opts.reports, run_id, opts.overwrite)
+    prepared = evaluation.prepare(checkpoint, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
+    storage.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
+    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
+    emit(f"evaluating {checkpoint}")
+    folder, m = reports.evaluate_to_report(
+        checkpoint,
+        opts.reports,
+        run_id,
+        opts.overwrite,
+        prepared=prepared,
+        min_accuracy=opts.min_accuracy,
+        use_gpu=opts.use_gpu,
+        actors=opts.actors,
+        batch_size=opts.batch_size,
+        progress=ray_opts.verbose,
+    )
+    emit(
+        f"test accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, macro F1 {m['macro_f1']:.4f} "
+        f"on {m['n']} images in {m['seconds']:.1f}s"
+    )
+    emit(f"report: {folder}\nsummary: {storage.join(folder, 'summary.md')}")
+    if m["passed"] is False:
+        print(f"error: accuracy {m['accuracy']:.4f} is below --min-accuracy {opts.min_accuracy}", file=sys.stderr)
+        return EXIT_BELOW_THRESHOLD
+    return 0

@@ -1,0 +1,79 @@
+"""Train the MNIST CNN or ANN with Ray Train, data-parallel over CPU or GPU workers.
+
+Runs on the Ray the environment names (RAY_ADDRESS, ray job submit, a head started by `ray start`
+on this machine) or else starts a local one. Re-running with the same --name resumes from the last
+checkpoint. Writes <output>/<name>/{history.parquet, curves.png, config.json, best_checkpoint/model.pt};
+--output may be a folder or an s3:// URI.
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+from dataclasses import dataclass
+
+from mnist_ray import cli, cluster, reports, runner, storage
+from mnist_ray.config import DEFAULT_REPORTS, RayOptions, RunOptions, TrainConfig, check_name
+
+emit = functools.partial(print, flush=True)
+
+
+@dataclass(frozen=True)
+class AfterTraining:
+    """What the train job does once training has finished."""
+
+    evaluate: bool = False
+    """Then evaluate the best checkpoint on the test set (Ray Data batch inference)."""
+    reports: str = DEFAULT_REPORTS
+    """Reports folder or URI for --evaluate: <reports>/<name>-<UTC time>/."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, check everything that needs no Ray, connect, train, print where the outputs are."""
+    p = cli.parser(__doc__)
+    cli.add_config_flags(p)
+    cli.add_run_flags(p, RunOptions())
+    cli.add_fields(p.add_argument_group("after training"), AfterTraining, AfterTraining())
+    args = p.parse_args(argv)
+    cfg, opts = cli.config_from_args(args), cli.build(RunOptions, args)
+    after, ray_opts = cli.build(AfterTraining, args), cli.build(RayOptions, args)
+    report_id = f"{opts.name}-{reports.new_run_id()}"
+    arrays = runner.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
+    if after.evaluate:
+        check_name("report id", report_id)
+        storage.check_writable(after.reports, "--reports")
+    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
+    emit(headline(cfg, opts))
+    out = runner.train(cfg, opts, runner.progress_printer(cfg, emit), arrays)
+    print_outputs(out)
+    if after.evaluate:
+        folder, m = reports.evaluate_to_report(out.best_checkpoint, after.reports, report_id, progress=ray_opts.verbose)
+        emit(f"test accuracy {m['accuracy']:.2%}, test loss {m['loss']:.4f} ({m['n']} images)")
+        emit(f"{'test report':>16}: {storage.join(folder, 'summary.md')}")
+    return 0
+
+
+def headline(cfg: TrainConfig, opts: RunOptions) -> str:
+    """One line saying what is about to be trained, where."""
+    gpu = f" + {cfg.gpus_per_worker:g} GPU" if cfg.use_gpu else ""
+    return (
+        f"training {cfg.model} on {cfg.dataset}: {cfg.num_workers} workers x {cfg.cpus_per_worker} CPU{gpu}, "
+        f"{cfg.epochs} epochs, run {opts.name} in {opts.run_dir}"
+    )
+
+
+def print_outputs(out: runner.TrainOutputs) -> None:
+    """The best epoch, peak memory, and one line per output file."""
+    m = out.best_metrics
+    driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    emit(
+        f"best epoch {m['epoch']}: val acc {m['val_acc']:.2%}, val loss {m['val_loss']:.4f}; "
+        f"peak RSS: driver {driver_mb:.0f} MB, worker {m.get('worker_max_rss_mb', float('nan')):.0f} MB"
+    )
+    for label, path in [
+        ("history", out.history),
+        ("curves", out.curves),
+        ("config", out.config),
+        ("best checkpoint", out.best_checkpoint),
+    ]:
+        emit(f"{label:>16}: {path}")

@@ -1,0 +1,46 @@
+"""Sweep learning rate, optimizer and model with Ray Tune + ASHA, running the train job's own loop.
+
+Writes <output>/<name>/{trials.parquet, tune.png, best.json, best_checkpoint/model.pt} to a folder
+or an s3:// URI; best.json is accepted by `jobs/train.py --config`. An interrupted sweep continues
+with --resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from mnist_ray import cli, cluster, tuning
+from mnist_ray.config import RayOptions, RunOptions
+
+emit = functools.partial(print, flush=True)
+JOB_DEFAULTS = {"epochs": tuning.SWEEP_EPOCHS}
+"""The sweep's own defaults, below a preset, --config and flags."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, check everything that needs no Ray, connect, sweep, print the best trial and outputs."""
+    p = cli.parser(__doc__)
+    cli.add_config_flags(p, JOB_DEFAULTS)
+    cli.add_run_flags(
+        p,
+        RunOptions(name="sweep"),
+        skip=("keep_checkpoints",),  # each trial keeps its best checkpoint only
+        help_overrides={"name": "Sweep name; an existing sweep is continued only with --resume."},
+    )
+    cli.add_fields(p.add_argument_group("search space"), tuning.SearchSpace, tuning.SearchSpace())
+    cli.add_fields(p.add_argument_group("scheduling"), tuning.SweepOptions, tuning.SweepOptions())
+    args = p.parse_args(argv)
+    run, ray_opts = cli.build(RunOptions, args), cli.build(RayOptions, args)
+    space, options = cli.build(tuning.SearchSpace, args), cli.build(tuning.SweepOptions, args)
+    base = cli.config_from_args(args, JOB_DEFAULTS)
+    plan = tuning.preflight(base, space, options, run, workers=args.num_workers)  # None: derived from the cluster
+    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
+    out = tuning.sweep(plan, run, emit=emit)
+    emit(
+        f"{out.trials_run} trials in {out.wall_s:.0f}s, {out.stopped_early} stopped early by ASHA; "
+        f"best {out.best_trial}: val acc {out.best_val_acc:.2%}"
+    )
+    for label in ("trials", "plot", "best_config", "best_checkpoint"):
+        emit(f"{label:>16}: {getattr(out, label)}")
+    return 0 if math.isfinite(out.best_val_acc) else 1

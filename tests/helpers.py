@@ -1,0 +1,67 @@
+"""Helpers shared by the tests: run a job in-process or as a real process, and join the test cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mnist_ray import cli
+from tests.conftest import REPO
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """Exit code and captured output of one job run."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def error_lines(self) -> list[str]:
+        """stderr lines that are not Ray's own warnings."""
+        return [ln for ln in self.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
+
+
+def call(main: Callable, capsys, *argv: str) -> JobResult:
+    """Run a job's ``main`` in this process (on the suite's shared Ray) as ``jobs/*.py`` would."""
+    capsys.readouterr()
+    code = cli.run(main, list(argv))
+    out = capsys.readouterr()
+    return JobResult(code, out.out, out.err)
+
+
+def cluster_env(ray_session=None, **extra: str) -> dict[str, str]:
+    """Environment for a job subprocess: joins the suite's Ray when given, else starts its own."""
+    address = ray_session.get_runtime_context().gcs_address if ray_session is not None else ""
+    return {**os.environ, "RAY_ADDRESS": address, **extra}
+
+
+def run_job(script: str, *args: str, env: dict | None = None, timeout: int = 180) -> JobResult:
+    """Run ``jobs/<script>`` as a real process (for exit codes, signals, a fresh interpreter)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env if env is not None else cluster_env(),
+    )
+    return JobResult(result.returncode, result.stdout, result.stderr)
+
+
+def assert_one_line_error(result: JobResult, message: str) -> None:
+    """Exit 2 and exactly one ``error:`` line containing ``message``."""
+    err = result.error_lines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], result.stderr[-2000:]
+
+
+def alive_actors(class_name: str, detail: bool = False) -> list:
+    """Live actors of ``class_name`` in the suite's Ray (named by address: other Ray instances may run here)."""
+    import ray
+    from ray.util.state import list_actors
+
+    filters = [("class_name", "=", class_name), ("state", "=", "ALIVE")]
+    return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters, detail=detail)
