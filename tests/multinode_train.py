@@ -1,4 +1,4 @@
-"""A 2-node ray.cluster_utils.Cluster and a 2-worker run on it (python -m tests.multinode_train DIR).
+"""A 2-node ray.cluster_utils.Cluster and a 2-worker run on it (python -m tests.multinode_train DIR S3_URI).
 
 Prints one JSON line: the run's output paths and the node of each Ray Train worker.
 """
@@ -21,7 +21,7 @@ from mnist_ray.errors import ConfigError  # noqa: E402
 from tests.ray_head import free_ports  # noqa: E402
 
 
-def main(output: str) -> None:
+def main(output: str, bucket: str) -> None:
     port = free_ports(1)[0]  # the tests' own Ray session already holds the default dashboard port
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": port})
     cluster.add_node(num_cpus=1)
@@ -34,8 +34,8 @@ def main(output: str) -> None:
             refused = ""
         except ConfigError as exc:
             refused = str(exc)
-        # Both nodes share this machine's disk, so the output folder is storage every node reaches.
-        out = runner.train(cfg, RunOptions(name="multinode", output=output, storage_path=output))
+        # Object storage every node reaches, as on a real cluster: each worker persists its own shard there.
+        out = runner.train(cfg, RunOptions(name="multinode", output=output, storage_path=bucket))
         workers = list_actors(
             address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100
         )
@@ -58,4 +58,4 @@ def main(output: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

@@ -111,3 +111,39 @@ def test_download_failure_says_where_to_put_files(tmp_path):
 def test_fashion_mnist_from_debian_package():
     arrays = data.load("fashion-mnist")
     assert arrays.train_x.shape == (60000, 28, 28) and np.bincount(arrays.test_y).tolist() == [1000] * 10
+
+
+def test_a_wheel_ships_the_mnist_files(tmp_path):
+    """A non-editable install (a wheel on a cluster image) finds MNIST inside the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from tests.conftest import REPO
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("mnist_ray-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        assert f"mnist_ray/datasets/mnist/{stem}.gz" in names
+    assert "mnist_ray/jobs/train.py" in names

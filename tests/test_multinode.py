@@ -9,14 +9,17 @@ import sys
 import pandas as pd
 import pytest
 
+from mnist_ray import storage
 from tests.conftest import REPO
+from tests.s3 import make_bucket
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_workers_on_two_nodes(tmp_path):
+def test_two_workers_on_two_nodes_with_checkpoints_on_s3(tmp_path, s3_server):
+    bucket = make_bucket("multinode") + "/ckpt"
     result = subprocess.run(
-        [sys.executable, "-m", "tests.multinode_train", str(tmp_path)],
+        [sys.executable, "-m", "tests.multinode_train", str(tmp_path), bucket],
         capture_output=True,
         text=True,
         timeout=400,
@@ -31,3 +34,5 @@ def test_two_workers_on_two_nodes(tmp_path):
     history = pd.read_parquet(info["history"])
     assert history["epoch"].tolist() == [1, 2] and history["train_loss"].iloc[1] < history["train_loss"].iloc[0]
     assert (tmp_path / "multinode" / "curves.png").is_file() and (tmp_path / "multinode" / "config.json").is_file()
+    assert storage.list_dirs(f"{bucket}/multinode")[:2] == ["checkpoint_epoch_001", "checkpoint_epoch_002"]
+    assert storage.is_file(f"{bucket}/multinode/checkpoint_epoch_002/model.pt")
