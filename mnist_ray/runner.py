@@ -147,12 +147,12 @@ def fit_with_progress(trainer_factory: Callable[[list[UserCallback]], TorchTrain
 
 
 def check_storage(opts: RunOptions) -> None:
-    """On a multi-node cluster, checkpoints need storage every node reaches; a local default is not that."""
+    """On a multi-node cluster, checkpoints need storage every node reaches; a driver-local default is not that."""
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
-    if nodes > 1 and opts.storage_path is None:
+    if nodes > 1 and opts.storage_path is None and not storage.is_uri(opts.output):
         raise ConfigError(
-            f"this Ray cluster has {nodes} nodes: pass --storage-path on storage every node reaches "
-            "(a shared filesystem, or s3://bucket/prefix)"
+            f"this Ray cluster has {nodes} nodes: put the run on storage every node reaches, "
+            "--output s3://bucket/prefix, or --storage-path on a shared filesystem"
         )
 
 

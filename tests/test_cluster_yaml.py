@@ -161,3 +161,23 @@ def test_every_top_level_section_is_commented(raw):
         if match:
             previous = next((p for p in reversed(lines[:i]) if p.strip()), "")
             assert previous.startswith("#"), f"top-level key {match.group(1)!r} has no comment above it"
+
+
+def _usage_job(raw: str) -> list[str]:
+    """The `ray job submit ... -- python jobs/train.py ...` example in the header comments, as argv."""
+    lines = [ln.lstrip("#").strip() for ln in raw.splitlines() if ln.startswith("#")]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("ray job submit"))
+    command = ""
+    for ln in lines[start:]:
+        command += " " + ln.rstrip("\\").strip()
+        if not ln.endswith("\\"):
+            break
+    return command.split(" -- python jobs/train.py ", 1)[1].split()
+
+
+def test_usage_example_is_a_valid_train_command_with_everything_on_s3(raw):
+    from mnist_ray.jobs import train
+
+    cfg, opts, after, _ = train.parse(_usage_job(raw))
+    assert cfg.use_gpu and opts.wait_for_resources and after.evaluate
+    assert opts.output.startswith("s3://") and opts.storage.startswith("s3://") and after.reports.startswith("s3://")

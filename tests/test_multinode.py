@@ -30,7 +30,7 @@ def test_two_workers_on_two_nodes_with_checkpoints_on_s3(tmp_path, s3_server):
     assert len(info["cluster_nodes"]) == 2 and len(info["worker_nodes"]) == 2  # one worker per node
     assert set(info["worker_nodes"]) == set(info["cluster_nodes"])
     assert info["addresses"] == ["127.0.0.1"]  # every node on loopback
-    assert "this Ray cluster has 2 nodes: pass --storage-path" in info["refused_without_storage"]
+    assert "this Ray cluster has 2 nodes: put the run on storage every node reaches" in info["refused_without_storage"]
     history = pd.read_parquet(info["history"])
     assert history["epoch"].tolist() == [1, 2] and history["train_loss"].iloc[1] < history["train_loss"].iloc[0]
     assert (tmp_path / "multinode" / "curves.png").is_file() and (tmp_path / "multinode" / "config.json").is_file()

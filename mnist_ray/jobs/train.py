@@ -28,15 +28,24 @@ class AfterTraining:
     """Reports folder or URI for --evaluate: <reports>/<name>-<UTC time>/."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse flags, check everything that needs no Ray, connect, train, print where the outputs are."""
+def parse(argv: list[str] | None = None) -> tuple[TrainConfig, RunOptions, AfterTraining, RayOptions]:
+    """The job's typed settings from its command line (validated; nothing is read or written)."""
     p = cli.parser(__doc__)
     cli.add_config_flags(p)
     cli.add_run_flags(p, RunOptions())
     cli.add_fields(p.add_argument_group("after training"), AfterTraining, AfterTraining())
     args = p.parse_args(argv)
-    cfg, opts = cli.config_from_args(args), cli.build(RunOptions, args)
-    after, ray_opts = cli.build(AfterTraining, args), cli.build(RayOptions, args)
+    return (
+        cli.config_from_args(args),
+        cli.build(RunOptions, args),
+        cli.build(AfterTraining, args),
+        cli.build(RayOptions, args),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, check everything that needs no Ray, connect, train, print where the outputs are."""
+    cfg, opts, after, ray_opts = parse(argv)
     report_id = f"{opts.name}-{reports.new_run_id()}"
     arrays = runner.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
     if after.evaluate:
