@@ -23,6 +23,8 @@ FILENAME = "model.pt"
 BEST = "best_checkpoint/" + FILENAME
 """Where a finished run or sweep keeps its best checkpoint, relative to its folder."""
 FORMAT = 1
+RAY_DIR_PREFIX = "checkpoint_epoch_"
+"""Ray Train's checkpoint folders are ``checkpoint_epoch_NNN`` (named by the training loop's report)."""
 
 
 def save(

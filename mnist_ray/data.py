@@ -109,28 +109,39 @@ def _locate(folder: Path) -> dict[str, Path]:
 def download(dataset: str, cache: Path, mirrors: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Fetch missing files from the dataset's mirrors into ``cache`` under a file lock (one download per host)."""
     from filelock import FileLock
-    from torchvision.datasets.utils import download_url
 
     info = DATASET_INFO[dataset]
+    created = not cache.exists()
     cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache / ".download.lock")):
-        for stem, _, _ in SPLITS.values():
-            if (cache / (stem + ".gz")).is_file():
-                continue
-            for mirror in mirrors or info.mirrors:
-                try:
-                    log.info("downloading %s from %s", stem, mirror)
-                    download_url(mirror + stem + ".gz", str(cache), filename=stem + ".gz")
-                    break
-                except Exception as exc:  # noqa: BLE001 - any mirror failure means "try the next"
-                    log.warning("mirror %s failed for %s: %s", mirror, stem, exc)
-                    (cache / (stem + ".gz")).unlink(missing_ok=True)
-            else:
-                raise DataError(
-                    f"{dataset} files not found in {info.default_dir} and the download failed: "
-                    f"put the four IDX files (raw or .gz) in a folder and pass --data-dir"
-                )
+    lock = cache / ".download.lock"
+    try:
+        with FileLock(str(lock)):
+            for stem, _, _ in SPLITS.values():
+                if not (cache / (stem + ".gz")).is_file():
+                    _fetch(stem, cache, mirrors or info.mirrors, dataset, info.default_dir)
+    finally:  # a failed (e.g. offline) download leaves nothing behind: no lock, no empty cache folder
+        lock.unlink(missing_ok=True)
+        if created and not any(cache.iterdir()):
+            cache.rmdir()
     return _locate(cache)
+
+
+def _fetch(stem: str, cache: Path, mirrors: tuple[str, ...], dataset: str, default_dir: Path) -> None:
+    """Download ``stem``.gz from the first mirror that works, or raise a DataError saying where to put it."""
+    from torchvision.datasets.utils import download_url
+
+    for mirror in mirrors:
+        try:
+            log.info("downloading %s from %s", stem, mirror)
+            download_url(mirror + stem + ".gz", str(cache), filename=stem + ".gz")
+            return
+        except Exception as exc:  # noqa: BLE001 - any mirror failure means "try the next"
+            log.warning("mirror %s failed for %s: %s", mirror, stem, exc)
+            (cache / (stem + ".gz")).unlink(missing_ok=True)
+    raise DataError(
+        f"{dataset} files not found in {default_dir} and the download failed: "
+        "put the four IDX files (raw or .gz) in a folder and pass --data-dir"
+    )
 
 
 def read_idx(path: Path, magic: int, shape: list[int]) -> tuple[np.ndarray, str]:

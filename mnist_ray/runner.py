@@ -98,27 +98,45 @@ def make_trainer(
 
 
 class _QueueCallback(UserCallback):
-    """Forwards rank 0's metrics from the Train controller to the driver through a Ray queue."""
+    """Forwards rank 0's metrics, and one line per lost worker group, from the Train controller to the driver."""
 
-    def __init__(self, queue) -> None:
-        self.queue = queue
+    def __init__(self, queue, max_failures: int) -> None:
+        self.queue, self.max_failures, self.epoch, self.failures = queue, max_failures, 0, 0
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.epoch = metrics[0].get("epoch", self.epoch)
         self.queue.put_nowait(dict(metrics[0]))
 
+    def after_exception(self, run_context, worker_exceptions) -> None:
+        self.failures += 1
+        ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
+        first = next(iter(worker_exceptions.values()), None)
+        reason = f"{type(first).__name__}: {str(first).splitlines()[0][:120]}" if first else "no error detail"
+        then = (
+            f"restarting from the epoch {self.epoch} checkpoint" if self.epoch else "restarting from the start"
+        )
+        if self.failures > self.max_failures:
+            then = f"giving up: --max-failures {self.max_failures} restarts used"
+        else:
+            then += f" (restart {self.failures} of --max-failures {self.max_failures})"
+        self.queue.put_nowait({"event": f"lost worker rank {ranks} ({reason}); {then}"})
 
-def fit_with_progress(trainer_factory: Callable[[list[UserCallback]], TorchTrainer], on_epoch: Callable[[dict], None]):
+
+def fit_with_progress(
+    trainer_factory: Callable[[list[UserCallback]], TorchTrainer], on_epoch: Callable[[dict], None], max_failures: int
+):
     """Run ``trainer.fit()`` in a thread while calling ``on_epoch`` on the driver for each report.
 
     The queue actor is always killed and the thread always joined; an error raised by ``on_epoch``
-    does not abandon a running fit: it is raised once the fit has ended.
+    does not abandon a running fit: it is raised once the fit has ended. A lost worker group is
+    logged as one line (which rank, from which epoch it restarts, restart k of ``max_failures``).
     """
     from ray.util.queue import Empty, Queue
 
     queue = Queue(actor_options={"num_cpus": 0})
     box: dict[str, Any] = {}
     try:
-        trainer = trainer_factory([_QueueCallback(queue)])
+        trainer = trainer_factory([_QueueCallback(queue, max_failures)])
 
         def run() -> None:
             try:
@@ -131,7 +149,9 @@ def fit_with_progress(trainer_factory: Callable[[list[UserCallback]], TorchTrain
         while thread.is_alive() or not queue.empty():
             with contextlib.suppress(Empty):
                 metrics = queue.get(timeout=0.5)
-                if "callback_error" not in box:
+                if "event" in metrics:
+                    log.warning(metrics["event"])
+                elif "callback_error" not in box:
                     try:
                         on_epoch(metrics)
                     except Exception as exc:  # noqa: BLE001 - kept until fit ends, then raised
@@ -202,10 +222,21 @@ def train(
         check_fits(cfg)
     refs = put_data(cfg, arrays)
     storage.write_text(storage.join(opts.run_dir, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
-    result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs), on_epoch)
+    result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs), on_epoch, opts.max_failures)
     if result.error:
         raise result.error
+    prune_checkpoints(result, storage.join(opts.storage, opts.name))
     return write_outputs(result, opts.run_dir, cfg)
+
+
+def prune_checkpoints(result, folder: str) -> list[str]:
+    """Delete checkpoint folders Ray Train no longer tracks (left by an interrupted run), keeping
+    the best ``--keep-checkpoints`` and the latest; returns the names removed."""
+    keep = {Path(c.path).name for c, _ in result.best_checkpoints} | {Path(result.checkpoint.path).name}
+    orphans = [d for d in storage.list_dirs(folder) if d.startswith(checkpoints.RAY_DIR_PREFIX) and d not in keep]
+    for name in orphans:
+        storage.remove_dir(storage.join(folder, name))
+    return orphans
 
 
 def write_outputs(result, run_dir: str, cfg: TrainConfig) -> TrainOutputs:

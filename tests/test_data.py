@@ -100,11 +100,11 @@ def test_missing_file_in_explicit_folder(tmp_path):
         data.load("mnist", tmp_path)
 
 
-def test_download_failure_says_where_to_put_files(tmp_path):
+def test_download_failure_says_where_to_put_files_and_leaves_nothing(tmp_path):
     # Port 9 on loopback refuses connections: the same failure as a machine with no network.
     with pytest.raises(DataError, match="pass --data-dir"):
-        data.download("mnist", tmp_path, mirrors=("http://127.0.0.1:9/",))
-    assert not list(tmp_path.glob("*.gz"))
+        data.download("mnist", tmp_path / "cache", mirrors=("http://127.0.0.1:9/",))
+    assert not (tmp_path / "cache").exists()  # no lock file, no empty cache folder left behind
 
 
 @pytest.mark.skipif(not data.DATASET_INFO["fashion-mnist"].default_dir.is_dir(), reason="dataset-fashion-mnist absent")

@@ -26,7 +26,7 @@ def _alive_train_workers() -> list[int]:
     return [a.pid for a in helpers.alive_actors("RayTrainWorker", detail=True)]
 
 
-def test_lost_worker_restarts_from_last_checkpoint(tmp_path):
+def test_lost_worker_restarts_from_last_checkpoint_and_says_so_in_one_line(tmp_path, caplog):
     killed: list[int] = []
     reports: list[dict] = []
     final_workers: list[int] = []
@@ -40,7 +40,14 @@ def test_lost_worker_restarts_from_last_checkpoint(tmp_path):
         if metrics["epoch"] == 4:
             final_workers.extend(_alive_train_workers())
 
-    out = runner.train(TrainConfig(**SLOWER), RunOptions(name="lost", output=str(tmp_path), max_failures=2), on_epoch)
+    with caplog.at_level("WARNING", logger="mnist_ray.runner"):
+        out = runner.train(
+            TrainConfig(**SLOWER), RunOptions(name="lost", output=str(tmp_path), max_failures=2), on_epoch
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_ray.runner"]
+    assert len(lines) == 1 and re.match(r"lost worker rank \d", lines[0]), lines
+    assert "restarting from the epoch 1 checkpoint (restart 1 of --max-failures 2)" in lines[0]
+    assert "\n" not in lines[0]
     history = pd.read_parquet(out.history)
     assert killed and killed[0] not in final_workers  # a new worker group finished the run
     assert history["epoch"].tolist() == [1, 2, 3, 4]  # every epoch exactly once
@@ -95,6 +102,8 @@ def test_killed_train_driver_resumes_with_the_same_command(tmp_path, cluster_env
         "--batch-size",
         "64",
         "--no-augment",
+        "--keep-checkpoints",
+        "1",
     ]
     _kill_after_line(_job("train.py", *args, env=cluster_env), "epoch   1/3")
     again = subprocess.run(
@@ -108,6 +117,8 @@ def test_killed_train_driver_resumes_with_the_same_command(tmp_path, cluster_env
     epochs = [ln.split()[1] for ln in again.stdout.splitlines() if ln.startswith("epoch ")]
     assert epochs and epochs[0] != "1/3" and epochs[-1] == "3/3"  # continued, did not start over
     assert pd.read_parquet(tmp_path / "interrupted" / "history.parquet")["epoch"].tolist() == [1, 2, 3]
+    kept = sorted(p.name for p in (tmp_path / "interrupted").glob("checkpoint_epoch_*"))
+    assert len(kept) <= 2 and "checkpoint_epoch_003" in kept, kept  # --keep-checkpoints 1, plus the latest
 
 
 def test_killed_evaluation_leaves_no_partial_report(tmp_path, cluster_env, tiny_run):

@@ -105,3 +105,19 @@ def test_augmentation_keeps_shape_and_background():
     x = torch.full((4, 1, 28, 28), -0.1307 / 0.3081)
     out = training.random_affine(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and torch.allclose(out, x, atol=1e-5)  # a blank image stays blank
+
+
+def test_checkpoints_ray_no_longer_tracks_are_pruned(tiny_run, tmp_path):
+    """An interrupted run can leave checkpoint folders Ray Train never registered; the run keeps only its own."""
+    import shutil
+    from types import SimpleNamespace
+
+    storage_dir = Path(tiny_run[1].storage) / tiny_run[1].name
+    copy = tmp_path / "run"
+    shutil.copytree(storage_dir, copy)
+    kept = sorted(d.name for d in copy.glob("checkpoint_epoch_*"))
+    (copy / "checkpoint_epoch_099").mkdir()  # persisted by workers, never registered by the controller
+    tracked = [(SimpleNamespace(path=str(copy / name)), {}) for name in kept]
+    result = SimpleNamespace(best_checkpoints=tracked, checkpoint=tracked[-1][0])
+    assert runner.prune_checkpoints(result, str(copy)) == ["checkpoint_epoch_099"]
+    assert sorted(d.name for d in copy.glob("checkpoint_epoch_*")) == kept
