@@ -61,18 +61,22 @@ def prepare(
 
 
 class Predictor:
-    """Ray Data callable class: holds the model, maps a batch of images to predictions."""
+    """Ray Data callable class: holds the model, maps a batch of images to predictions.
 
-    def __init__(self, state_ref: list, use_gpu: bool = False, threads: int = 1) -> None:
+    Each actor reads the checkpoint itself (a path every node reaches: one node, or a URI), so no
+    large constructor argument goes through the object store; only a multi-node cluster with a
+    checkpoint on the driver's local disk gets the state as an object-store reference instead.
+    """
+
+    def __init__(self, source: dict[str, Any], use_gpu: bool = False, threads: int = 1) -> None:
         import ray
         import torch
 
         torch.set_num_threads(threads)
         self.torch = torch
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        # The state arrives as an object-store reference (in a list, so Ray passes the ref itself):
-        # one copy in the store instead of one serialised into every actor's constructor arguments.
-        self.model = checkpoints.build_model(ray.get(state_ref[0])).to(self.device)
+        state = checkpoints.load(source["path"]) if "path" in source else ray.get(source["ref"][0])
+        self.model = checkpoints.build_model(state).to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
@@ -118,11 +122,15 @@ def predict(
     frame = pd.DataFrame({"index": np.arange(len(y)), "label": y, "image": list(x)})
     ray.data.DataContext.get_current().enable_progress_bars = progress
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if progress else logging.ERROR)
+    nodes = sum(1 for n in ray.nodes() if n["Alive"])
+    local_only = not storage.is_uri(prep.checkpoint) and nodes > 1
+    source = {"ref": [ray.put(prep.state)]} if local_only else {"path": prep.checkpoint}
     bounds = np.linspace(0, len(y), actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     scored = ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"state_ref": [ray.put(prep.state)], "use_gpu": use_gpu},
+        fn_constructor_kwargs={"source": source, "use_gpu": use_gpu},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
