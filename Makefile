@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: train test test-fast bench lint format evaluate tune cluster-up cluster-down clean
+.PHONY: train test test-fast test-readme bench lint format evaluate tune cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,13 +38,14 @@ evaluate: $(STAMP)  ## evaluate the newest run's best checkpoint
 tune: $(STAMP)  ## a learning-rate / optimizer sweep
 	$(PY) jobs/tune.py $(ARGS)
 
-cluster-up: $(STAMP)  ## a local Ray head on 127.0.0.1 for `ray job submit` by hand
-	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token $(VENV)/bin/ray start --head --node-ip-address=127.0.0.1 \
-	  --dashboard-host=127.0.0.1 --port=6379 --dashboard-port=8265
-	@echo "submit with: RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:8265 $(VENV)/bin/ray job submit --working-dir . -- python jobs/train.py"
+cluster-up: $(STAMP)  ## a Ray head on 127.0.0.1 (GCS :6379, job server :8265, token auth) whose jobs run .venv's python
+	$(PY) -m mnist_ray.head up
 
-cluster-down:
-	$(VENV)/bin/ray stop
+cluster-down:  ## stop the head cluster-up started (its session only: other Ray instances keep running)
+	$(PY) -m mnist_ray.head down
+
+test-readme: $(STAMP)  ## run the README's marked shell blocks as a user would (about 10 minutes)
+	$(PY) -m pytest -q -m readme --durations=0 tests/test_readme.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

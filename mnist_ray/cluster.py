@@ -1,49 +1,191 @@
-"""Connecting to Ray: an embedded local instance by default, the cluster in RAY_ADDRESS otherwise."""
+"""Which Ray a job uses: resolved before ``ray.init``, checked, and printed as one line.
+
+A job joins the cluster in ``RAY_ADDRESS`` when it is set (``ray job submit`` sets it for the driver); else the head
+that ``ray start`` recorded in Ray's address file on this machine, if that file exists; else it starts a local Ray.
+An address that no Ray answers fails at once instead of ``ray.init`` retrying for minutes.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import ray
+from ray._common.utils import get_ray_address_file  # Ray's own rule: $RAY_TMPDIR, else $TMPDIR, else /tmp; + /ray
+
+from mnist_ray.errors import ResourceError
+
+LOOPBACK = "127.0.0.1"
+GCS_PORT, DASHBOARD_PORT = 6379, 8265
+PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where ``ray.init`` will go: ``address`` None means a new local instance; ``source`` says why."""
+
+    address: str | None
+    source: str
+
+
+def address_file() -> Path:
+    """The file in which ``ray start`` records its head's address on this machine."""
+    return Path(get_ray_address_file(None))
+
+
+def resolve() -> Target:
+    """Apply Ray's rule without connecting: RAY_ADDRESS, else the address file of ``ray start``, else local."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env == "local":
+        return Target(None, "RAY_ADDRESS=local")
+    if env and env != "auto":
+        by_job_server = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # set for a driver started by the job server
+        return Target(env, "RAY_ADDRESS, set by ray job submit" if by_job_server else "RAY_ADDRESS")
+    file = address_file()
+    recorded = file.read_text().strip() if file.is_file() else ""
+    if recorded:
+        return Target(recorded, f"the head started by ray start on this machine, recorded in {file}")
+    if env == "auto":
+        raise ResourceError(
+            f"RAY_ADDRESS=auto, but no head started by ray start on this machine is recorded in {file}: "
+            "start one (make cluster-up), or unset RAY_ADDRESS to start a local Ray"
+        )
+    return Target(None, f"RAY_ADDRESS unset and no {file}")
+
+
+def check_address(target: Target | None = None) -> Target:
+    """Fail fast, writing nothing, when the resolved address is not a Ray that answers (a TCP probe).
+
+    In a process already connected (a test calling a job's ``main``), that connection is what counts.
+    """
+    if target is None and ray.is_initialized():
+        return Target(ray.get_runtime_context().gcs_address, "this process's Ray")
+    target = target or resolve()
+    if target.address is None:
+        return target
+    if target.address.startswith(("http://", "https://")):
+        raise ResourceError(
+            f"RAY_ADDRESS={target.address} is a job server URL, which only ray job submit and python -m "
+            f"mnist_ray.submit use: submit this job with one of them, set RAY_ADDRESS to the head's GCS address "
+            f"(e.g. {LOOPBACK}:{GCS_PORT}), or unset it to start a local Ray"
+        )
+    host, port = _host_port(target.address.split("://", 1)[-1])
+    if reachable(host, port):
+        return target
+    if target.source.startswith("RAY_ADDRESS"):
+        fix = "start that cluster (make cluster-up for a local head), or unset RAY_ADDRESS"
+    else:
+        file = address_file()
+        fix = f"start the head again (make cluster-up), set RAY_ADDRESS=local, or delete the stale {file}"
+        target = Target(target.address, f"{file}, left by ray start,")
+    raise ResourceError(f"{target.source} points at {target.address}, where no Ray head answers: {fix}")
 
 
 def connect(num_cpus: int | None = None, verbose: bool = False) -> None:
-    """Start or join Ray once; quiet by default so the job's own progress lines stay readable.
+    """Start or join Ray once, print one ``ray: ...`` line saying which; quiet otherwise.
 
-    Under ``ray job submit`` (or with ``RAY_ADDRESS`` set) this joins that cluster; otherwise it
-    starts a local Ray with ``num_cpus`` CPUs (all of this machine's by default).
+    ``num_cpus`` only applies to a new local instance (all of this machine's CPUs by default).
     """
     if ray.is_initialized():
         return
+    target = check_address()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not verbose:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's status tables; our callbacks print instead
-    # num_cpus only applies to a new local instance; joining an existing cluster rejects it. The dashboard
-    # (on 127.0.0.1) must come up: Ray's state API needs it, and Ray Train's placement-group cleaner uses that
-    # API to free the CPUs of a run whose controller was killed (e.g. a Tune trial stopped by ASHA); without
-    # it those CPUs leak and later trials wait forever. So a local instance takes a free port, not a busy 8265.
-    kwargs = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": num_cpus, "dashboard_port": _free_port()}
-    ray.init(
-        logging_level=logging.INFO if verbose else logging.WARNING,
-        log_to_driver=verbose,
-        configure_logging=True,
-        **kwargs,
+        # Token auth is on by default in Ray 2.60 and says so on every start; --verbose still shows it.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # Joining a cluster rejects num_cpus. The dashboard (on 127.0.0.1) must come up: Ray's state API needs it, and
+    # Ray Train's placement-group cleaner uses that API to free the CPUs of a run whose controller was killed (e.g.
+    # a Tune trial stopped by ASHA); without it those CPUs leak and later trials wait forever. So a local instance
+    # takes a free port, not a busy 8265.
+    kwargs = {"num_cpus": num_cpus, "dashboard_port": _free_port()} if target.address is None else {}
+    try:
+        with _own_address_for_ray_processes(target.address is None):
+            ray.init(
+                address=target.address or "local",
+                logging_level=logging.INFO if verbose else logging.WARNING,
+                log_to_driver=verbose,
+                configure_logging=True,
+                **kwargs,
+            )
+    except ray.exceptions.AuthenticationError:
+        raise ResourceError(
+            f"the cluster at {target.address} requires its token: set RAY_AUTH_MODE=token and put the token in "
+            "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
+        ) from None
+    print(describe(target), flush=True)
+
+
+@contextlib.contextmanager
+def _own_address_for_ray_processes(local: bool):
+    """While a new local instance starts, give its processes their own GCS address in ``RAY_ADDRESS``.
+
+    Ray's processes inherit the starting driver's environment. Ray Train's placement-group cleaner asks
+    Ray's state API for actors with no address, which resolves "auto": with two Ray instances on one
+    machine (two local jobs, or a local job beside a ``ray start`` head) it fails, the placement groups of
+    stopped trials are never freed, and a sweep waits forever. A chosen GCS port named in ``RAY_ADDRESS``
+    removes the guess. The driver's own environment is restored afterwards.
+    """
+    if not local or "RAY_GCS_SERVER_PORT" in os.environ:
+        yield
+        return
+    from ray._private.services import get_node_ip_address
+
+    port = str(_free_port(first=None))
+    saved = {k: os.environ.get(k) for k in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")}
+    os.environ.update(RAY_GCS_SERVER_PORT=port, RAY_ADDRESS=f"{get_node_ip_address()}:{port}")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def describe(target: Target) -> str:
+    """The one line a job prints once connected."""
+    if target.address is not None:
+        return f"ray: joined the cluster at {target.address} ({target.source})"
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    return (
+        f"ray: started a local instance ({cpus} CPU{'s' * (cpus != 1)}) on {ray.util.get_node_ip_address()} "
+        f"({target.source})"
     )
 
 
-def _free_port() -> int:
-    """A TCP port on loopback that is free right now (8265 when available)."""
-    for port in (8265, 0):
+def reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ResourceError(f"Ray address {address!r} is not host:port, e.g. {LOOPBACK}:{GCS_PORT}")
+    return host.strip("[]"), int(port)
+
+
+def _free_port(first: int | None = DASHBOARD_PORT) -> int:
+    """A TCP port that is free right now: ``first`` when available (8265 for the dashboard), else any."""
+    for port in (first, 0) if first else (0,):
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind(("", port))
                 return s.getsockname()[1]
             except OSError:
                 continue
-    raise OSError("no free port for the Ray dashboard")
+    raise OSError("no free TCP port")

@@ -37,28 +37,33 @@ SCHEDULES: dict[str, Callable[[float], float]] = {"none": _constant, "onecycle":
 """Schedule name -> multiplier of the peak learning rate at training progress t in [0, 1]."""
 
 
-def _sgd(groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+def _fused(fused: bool) -> dict:
+    """``fused=True`` only when asked: left unset, torch keeps its own default (foreach), so CPU runs are unchanged."""
+    return {"fused": True} if fused else {}
+
+
+def _sgd(groups: list[dict], lr: float, momentum: float, fused: bool = False) -> torch.optim.Optimizer:
     import torch
 
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, **_fused(fused))
 
 
-def _adam(groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+def _adam(groups: list[dict], lr: float, momentum: float, fused: bool = False) -> torch.optim.Optimizer:
     import torch
 
-    return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.Adam(groups, lr=lr, **_fused(fused))
 
 
-def _adamw(groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict], lr: float, momentum: float, fused: bool = False) -> torch.optim.Optimizer:
     import torch
 
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, **_fused(fused))
 
 
-def _rmsprop(groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+def _rmsprop(groups: list[dict], lr: float, momentum: float, fused: bool = False) -> torch.optim.Optimizer:
     import torch
 
-    return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
+    return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)  # torch has no fused RMSprop: foreach
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -67,7 +72,7 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": _adamw,
     "rmsprop": _rmsprop,
 }
-"""Optimizer name -> builder(groups, lr, momentum); sgd uses Nesterov momentum, adamw decoupled decay."""
+"""Optimizer name -> builder(groups, lr, momentum, fused); sgd uses Nesterov momentum, adamw decoupled decay."""
 
 
 def _lookup(kind: str, name: str, registry: dict) -> Callable:
@@ -81,9 +86,14 @@ def lr_at(step: int, total: int, lr: float, schedule: str) -> float:
     return lr * _lookup("schedule", schedule, SCHEDULES)(min(step / max(total, 1), 1.0))
 
 
-def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
-    """The optimizer ``name`` over parameter ``groups`` (weight decay is set per group)."""
-    return _lookup("optimizer", name, OPTIMIZERS)(groups, lr, momentum)
+def build_optimizer(
+    name: str, groups: list[dict], lr: float, momentum: float, fused: bool = False
+) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over parameter ``groups`` (weight decay is set per group).
+
+    ``fused``: one fused kernel per step where torch has one (sgd, adam, adamw), for GPU training.
+    """
+    return _lookup("optimizer", name, OPTIMIZERS)(groups, lr, momentum, fused)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -112,9 +112,7 @@ class _QueueCallback(UserCallback):
         ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
         first = next(iter(worker_exceptions.values()), None)
         reason = f"{type(first).__name__}: {str(first).splitlines()[0][:120]}" if first else "no error detail"
-        then = (
-            f"restarting from the epoch {self.epoch} checkpoint" if self.epoch else "restarting from the start"
-        )
+        then = f"restarting from the epoch {self.epoch} checkpoint" if self.epoch else "restarting from the start"
         if self.failures > self.max_failures:
             then = f"giving up: --max-failures {self.max_failures} restarts used"
         else:

@@ -3,6 +3,11 @@
 ``train_loop_per_worker`` receives the config as a dict plus object-store references to the
 uint8 train/validation arrays; each worker keeps only its shard, normalised once into tensors.
 ``ray.train.report`` is the only place the loop talks to Ray.
+
+On a GPU the step stays on the device: shards, shuffling and augmentation random numbers live
+there, and loss and accuracy are summed there, so the host reads a worker's figures once per
+epoch (:func:`train_steps` never synchronises). :class:`GpuSpeed` holds the GPU-only switches;
+each is a no-op on a CPU, so CPU runs compute exactly what they did before these switches existed.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import math
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,18 +34,78 @@ from mnist_ray.config import TrainConfig
 EVAL_BATCH = 1024
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The config's optimizer, with weight decay on weights only."""
+@dataclass(frozen=True)
+class GpuSpeed:
+    """Speed switches that act on CUDA devices only (bench/gpu measures each on and off)."""
+
+    channels_last: bool = True
+    """NHWC weights and activations: the layout cuDNN's bf16 convolutions are fastest in."""
+    fused_optimizer: bool = True
+    """One fused CUDA kernel per optimizer step (sgd, adam, adamw) instead of a loop of foreach kernels."""
+    cudnn_benchmark: bool = True
+    """cuDNN times its convolution algorithms once per input shape and keeps the fastest."""
+    device_rng: bool = True
+    """Shuffling and augmentation draw their random numbers on the GPU: no blocking host-to-device copy per step."""
+    bf16: bool = True
+    """bf16 autocast for training and validation (off: fp32 throughout)."""
+    compile: str = ""
+    """torch.compile mode for the training forward pass ("" = eager; e.g. "default", "reduce-overhead")."""
+
+
+def autocast(x: torch.Tensor, bf16: bool = True) -> torch.autocast:
+    """bf16 autocast for tensors on a CUDA device; a disabled context (fp32, unchanged) on a CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and x.is_cuda)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The config's optimizer, with weight decay on weights only (``fused``: one kernel per step, GPU only)."""
     groups = optim.param_groups(model, cfg.weight_decay)
-    return optim.build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
+    return optim.build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, fused=fused)
+
+
+def place_model(model: nn.Module, device: torch.device, speed: GpuSpeed) -> nn.Module:
+    """``model`` on ``device``; on CUDA in channels_last, with cuDNN autotuning, as ``speed`` says."""
+    if device.type != "cuda":
+        return model.to(device)
+    torch.backends.cudnn.benchmark = speed.cudnn_benchmark
+    return model.to(device, memory_format=torch.channels_last if speed.channels_last else torch.preserve_format)
+
+
+def gpu_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, speed: GpuSpeed) -> torch.optim.Optimizer:
+    """The config's optimizer, fused on CUDA when ``speed`` says so (always unfused on a CPU)."""
+    return build_optimizer(model, cfg, fused=device.type == "cuda" and speed.fused_optimizer)
+
+
+def forward_fn(model: nn.Module, device: torch.device, speed: GpuSpeed) -> nn.Module:
+    """What the training step calls: ``model``, or on CUDA its torch.compile'd form when ``speed.compile`` is set.
+
+    The plain ``model`` stays the one that is evaluated and checkpointed (no ``_orig_mod.`` keys).
+    """
+    if device.type == "cuda" and speed.compile:
+        return torch.compile(model, mode=speed.compile)
+    return model
+
+
+def epoch_generator(cfg: TrainConfig, epoch: int, rank: int, device: torch.device, speed: GpuSpeed) -> torch.Generator:
+    """Seeds dropout and returns the shuffling/augmentation generator of (seed, epoch, rank).
+
+    Seeding by (seed, epoch, rank) makes a resumed run replay exactly what an uninterrupted one does.
+    """
+    seed = cfg.seed * 1_000_003 + epoch * 1009 + rank
+    torch.manual_seed(seed)
+    on_gpu = device.type == "cuda" and speed.device_rng
+    return torch.Generator(device=device if on_gpu else "cpu").manual_seed(seed)
 
 
 def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Batched random rotation (±10°), scale (0.9–1.1) and shift (±2 px) of normalised images."""
-    n = x.shape[0]
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
-    scale = 1 + (torch.rand(n, generator=gen) * 2 - 1) * 0.1
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 / 14)  # affine_grid units: 14 px per 1.0
+    """Batched random rotation (±10°), scale (0.9–1.1) and shift (±2 px) of normalised images.
+
+    The random numbers come from ``gen`` on its own device (the CPU, or the GPU the images are on).
+    """
+    n, where = x.shape[0], gen.device
+    angle = (torch.rand(n, generator=gen, device=where) * 2 - 1) * math.radians(10)
+    scale = 1 + (torch.rand(n, generator=gen, device=where) * 2 - 1) * 0.1
+    shift = (torch.rand(n, 2, generator=gen, device=where) * 2 - 1) * (2 / 14)  # affine_grid units: 14 px per 1.0
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
@@ -47,20 +113,62 @@ def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x - background, grid, align_corners=False) + background
 
 
-def _shard(refs: tuple, rank: int, world: int, device: torch.device, equal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """This worker's slice (every world-th image) of arrays held in the object store, as tensors."""
-    x, y = ray.get(list(refs))
+def shard(
+    x: np.ndarray, y: np.ndarray, rank: int, world: int, device: torch.device, equal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's slice (every world-th image) of uint8 images and labels, as normalised tensors on ``device``."""
     n = (len(x) // world) * world if equal else len(x)  # equal shards keep DDP steps in lockstep
     idx = np.arange(rank, n, world)
     return data.normalize(x[idx]).to(device), torch.from_numpy(y[idx]).to(device)
 
 
-def _all_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few scalars over all workers (identity on a single worker)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def _all_sum(values: list, device: torch.device) -> list[float]:
+    """Sum a few scalars (numbers or 0-d tensors on ``device``) over all workers: the one host read."""
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def train_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    epoch: int,
+    gen: torch.Generator,
+    forward: nn.Module | None = None,
+    bf16: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The optimizer steps of one pass over this worker's shard, without one host read.
+
+    Returns this worker's summed loss and correct count as tensors on the shard's device, and the last lr.
+    """
+    forward = forward or model
+    model.train()
+    batch = cfg.per_worker_batch
+    steps = math.ceil(len(x) / batch)
+    perm = torch.randperm(len(x), generator=gen, device=gen.device).to(x.device)
+    loss_sum = correct = torch.zeros((), device=x.device)
+    lr = cfg.lr
+    for i in range(steps):
+        idx = perm[i * batch : (i + 1) * batch]
+        xb, yb = x[idx], y[idx]
+        if cfg.augment:
+            xb = random_affine(xb, gen)
+        lr = optim.lr_at(epoch * steps + i, cfg.epochs * steps, cfg.lr, cfg.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(x, bf16):
+            logits = forward(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum = loss_sum + loss.detach() * len(yb)
+        correct = correct + (logits.argmax(1) == yb).sum()
+    return loss_sum, correct, lr
 
 
 def train_epoch(
@@ -71,47 +179,63 @@ def train_epoch(
     cfg: TrainConfig,
     epoch: int,
     gen: torch.Generator,
+    forward: nn.Module | None = None,
+    bf16: bool = True,
 ) -> tuple[float, float, float]:
     """One pass over this worker's shard; returns global (loss, accuracy, last lr)."""
-    model.train()
-    batch = cfg.per_worker_batch
-    steps = math.ceil(len(x) / batch)
-    perm = torch.randperm(len(x), generator=gen).to(x.device)
-    loss_sum = correct = 0.0
-    lr = cfg.lr
-    for i in range(steps):
-        idx = perm[i * batch : (i + 1) * batch]
-        xb, yb = x[idx], y[idx]
-        if cfg.augment:
-            xb = random_affine(xb, gen)
-        lr = optim.lr_at(epoch * steps + i, cfg.epochs * steps, cfg.lr, cfg.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
-            logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(yb)
-        correct += (logits.argmax(1) == yb).sum()
-    total_loss, total_correct, n = _all_sum([float(loss_sum), float(correct), len(x)], x.device)
+    loss_sum, correct, lr = train_steps(model, optimizer, x, y, cfg, epoch, gen, forward, bf16)
+    total_loss, total_correct, n = _all_sum([loss_sum, correct, len(x)], x.device)
     return total_loss / n, total_correct / n, lr
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = True) -> tuple[float, float]:
     """Global mean cross-entropy and accuracy over every worker's validation shard."""
     model.eval()
-    loss_sum = correct = 0.0
+    loss_sum = correct = torch.zeros((), dtype=torch.float64, device=x.device)  # float64: as exact as Python floats
     for i in range(0, len(x), EVAL_BATCH):
         xb, yb = x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+        with autocast(x, bf16):
             logits = model(xb).float()
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += float((logits.argmax(1) == yb).sum())
+        loss_sum = loss_sum + F.cross_entropy(logits, yb, reduction="sum").double()
+        correct = correct + (logits.argmax(1) == yb).sum().double()
     total_loss, total_correct, n = _all_sum([loss_sum, correct, len(x)], x.device)
     return total_loss / n, total_correct / n
+
+
+def fit_epoch(
+    model: nn.Module,
+    forward: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    speed: GpuSpeed | None = None,
+) -> dict[str, Any]:
+    """Train one epoch on this worker's shards and validate; the epoch's metrics (as reported to Ray)."""
+    device, speed = train[0].device, speed or GpuSpeed()
+    gen = epoch_generator(cfg, epoch, rank, device, speed)
+    start = time.perf_counter()
+    train_loss, train_acc, lr = train_epoch(model, optimizer, *train, cfg, epoch, gen, forward, speed.bf16)
+    train_s = time.perf_counter() - start  # train_epoch ends with a host read, so the device is done
+    val_loss, val_acc = evaluate(model, *val, bf16=speed.bf16)
+    metrics = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": lr,
+        "epoch_s": time.perf_counter() - start,
+        "images_per_s": len(train[0]) * world / train_s,
+        "worker_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if device.type == "cuda":
+        metrics["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return metrics
 
 
 def _restore(model: nn.Module) -> tuple[int, list[dict[str, Any]], dict | None]:
@@ -128,39 +252,24 @@ def _restore(model: nn.Module) -> tuple[int, list[dict[str, Any]], dict | None]:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train ``loop_config['config']`` on this worker's shard, reporting one checkpoint per epoch."""
     cfg = TrainConfig.from_dict(loop_config["config"])
+    speed = GpuSpeed()  # the GPU recipe's switches (no effect on CPU workers)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.cpus_per_worker)
     device = ray.train.torch.get_device()
-    train_x, train_y = _shard(loop_config["train"], rank, world, device, equal=True)
-    val_x, val_y = _shard(loop_config["val"], rank, world, device, equal=False)
+    train = shard(*ray.get(list(loop_config["train"])), rank, world, device, equal=True)
+    val = shard(*ray.get(list(loop_config["val"])), rank, world, device, equal=False)
 
     model = models.build(cfg.model, cfg.dropout, seed=cfg.seed)
     start_epoch, history, optimizer_state = _restore(model)
-    model = ray.train.torch.prepare_model(model)
-    optimizer = build_optimizer(model, cfg)
+    model = ray.train.torch.prepare_model(place_model(model, device, speed))
+    optimizer = gpu_optimizer(model, cfg, device, speed)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
+    forward = forward_fn(model, device, speed)
 
     for epoch in range(start_epoch, cfg.epochs):
-        # Seeding by (seed, epoch, rank) makes a resumed run replay exactly what an uninterrupted one does.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
-        start = time.perf_counter()
-        train_loss, train_acc, lr = train_epoch(model, optimizer, train_x, train_y, cfg, epoch, gen)
-        train_s = time.perf_counter() - start
-        val_loss, val_acc = evaluate(model, val_x, val_y)
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lr,
-            "epoch_s": time.perf_counter() - start,
-            "images_per_s": len(train_x) * world / train_s,
-            "worker_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }
+        metrics = fit_epoch(model, forward, optimizer, train, val, cfg, epoch, rank, world, speed)
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None

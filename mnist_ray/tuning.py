@@ -175,10 +175,14 @@ def run_trial(config: dict[str, Any], data_refs: dict[str, tuple], storage: str,
 
 
 class _TrialLog(tune.Callback):
-    """Prints one line per finished trial: id, parameters, accuracy and the running best."""
+    """Logs one line per finished trial: id, parameters, accuracy and the running best.
 
-    def __init__(self, params: list[str], epochs: int, emit) -> None:
-        self.params, self.epochs, self.emit, self.best, self.done = params, epochs, emit, -math.inf, 0
+    Tune pickles its callbacks and Ray Train replaces ``builtins.print`` on the driver, so this logs
+    through the module's logger (the jobs send it to stdout) instead of holding a print function.
+    """
+
+    def __init__(self, params: list[str], epochs: int) -> None:
+        self.params, self.epochs, self.best, self.done = params, epochs, -math.inf, 0
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
@@ -188,13 +192,13 @@ class _TrialLog(tune.Callback):
         params = ", ".join(f"{k}={_fmt(trial.config[k])}" for k in self.params)
         epochs = result.get("epoch", 0)
         stopped = "  (stopped early by ASHA)" if epochs < self.epochs else ""
-        self.emit(
+        log.info(
             f"trial {self.done:>2} {trial.trial_id}: {params}  epochs {epochs}  "
             f"val acc {acc:.2%}  best so far {self.best:.2%}{stopped}"
         )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.emit(f"trial {trial.trial_id} failed: {trial.error_file}")
+        log.warning(f"trial {trial.trial_id} failed: {trial.error_file}")
 
 
 def _fmt(value: Any) -> str:
@@ -202,7 +206,7 @@ def _fmt(value: Any) -> str:
 
 
 def make_tuner(
-    cfg: TrainConfig, space: SearchSpace, sweep_opts: SweepOptions, run: RunOptions, concurrency: int, refs, emit
+    cfg: TrainConfig, space: SearchSpace, sweep_opts: SweepOptions, run: RunOptions, concurrency: int, refs
 ) -> tune.Tuner:
     """A Tuner over ``space`` whose trials run :func:`run_trial` (fresh, or restored with --resume)."""
     trainable = tune.with_parameters(
@@ -237,7 +241,7 @@ def make_tuner(
             name=run.name,
             storage_path=run.storage,
             verbose=0,
-            callbacks=[_TrialLog(list(space.param_space), cfg.epochs, emit)],
+            callbacks=[_TrialLog(list(space.param_space), cfg.epochs)],
         ),
     )
 
@@ -292,7 +296,7 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
         f"{cfg.cpus_per_worker} CPU each, {cfg.epochs} epochs, ASHA on {METRIC}"
     )
     start = time.perf_counter()
-    tuner = make_tuner(cfg, space, options, run, concurrency, runner.put_data(cfg, sp.arrays), emit)
+    tuner = make_tuner(cfg, space, options, run, concurrency, runner.put_data(cfg, sp.arrays))
     if not options.resume:
         spec = {"base": sp.base.to_dict(), "space": asdict(space), "workers": sp.workers, "sweep": asdict(options)}
         storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")

@@ -1,18 +1,15 @@
-"""A real Ray head on 127.0.0.1 with its own temp dir and free ports, stopped without touching other Ray processes."""
+"""A real Ray head for the tests: the same start, environment and stop as ``make cluster-up`` / ``make cluster-down``
+(:mod:`mnist_ray.head`), but on free ports and in its own temp dir, so it touches no other Ray on the machine."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from mnist_ray import head
 
 
 def free_ports(n: int) -> list[int]:
@@ -27,29 +24,20 @@ def free_ports(n: int) -> list[int]:
 
 
 class RayHead:
-    """``ray start --head --block`` in its own process group; ``stop()`` kills just that group."""
+    """``mnist_ray.head.start_head`` with every port free and its state in a temp dir; ``stop()`` stops just it.
+
+    ``tmp_root`` is a RAY_TMPDIR under which a ``ray.init()`` finds this head as "started by ray start on this
+    machine" (its address file is ``<tmp_root>/ray/ray_current_cluster``).
+    """
 
     def __init__(self, num_cpus: int = 2) -> None:
         gcs, dash, client, agent_http, agent_grpc, metrics, env_agent, nm, om = free_ports(9)
-        self.temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+        self.tmp_root = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths have a limit
+        self.temp_dir = str(self.tmp_root / "ray")
         self.dashboard = f"http://127.0.0.1:{dash}"
         self.gcs = f"127.0.0.1:{gcs}"
-        self.env = {
-            **os.environ,
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "RAY_AUTH_MODE": "token",
-            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-            "RAY_ADDRESS": "",
-        }
-        cmd = [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
+        self.env = head.head_env(os.environ)  # what the head runs with; also the client side's environment here
+        args = [
             f"--ray-client-server-port={client}",
             f"--dashboard-agent-listen-port={agent_http}",
             f"--dashboard-agent-grpc-port={agent_grpc}",
@@ -58,40 +46,14 @@ class RayHead:
             f"--node-manager-port={nm}",
             f"--object-manager-port={om}",
             f"--num-cpus={num_cpus}",
-            f"--temp-dir={self.temp_dir}",
-            "--disable-usage-stats",
         ]
-        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self, timeout: float = 90) -> None:
-        import urllib.error
-        import urllib.request
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {Path(self.log.name).read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
-                return
-            except urllib.error.HTTPError:  # any HTTP answer (e.g. 401 without the token) means it is up
-                return
-            except OSError:
-                time.sleep(1)
-        raise RuntimeError("Ray head did not come up in time")
+        self.info = head.start_head(self.tmp_root, gcs, dash, args, temp_dir=self.temp_dir, timeout=90)
+        self.log = self.tmp_root / "ray.log"
 
     def ray(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the ``ray`` CLI against this head (job submission goes through its dashboard)."""
         return subprocess.run(
-            [str(BIN / "ray"), *args],
+            [str(head.BIN / "ray"), *args],
             env={**self.env, "RAY_ADDRESS": self.dashboard},
             capture_output=True,
             text=True,
@@ -99,18 +61,5 @@ class RayHead:
         )
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL, the head's process group only."""
-        for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        time.sleep(1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers (workers) left in the group
-        self.log.close()
+        """Stop the head's session only (``make cluster-down``'s code)."""
+        head.stop_head(self.tmp_root)

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_fields(p.add_argument_group("ray"), RayOptions, RayOptions())
     args = p.parse_args(argv)
     opts, ray_opts = cli.build(EvalOptions, args), cli.build(RayOptions, args)
+    cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     run_id = opts.run_id or reports.new_run_id()
     checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
     reports.check_run_dir(opts.reports, run_id, opts.overwrite)

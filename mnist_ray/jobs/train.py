@@ -46,6 +46,7 @@ def parse(argv: list[str] | None = None) -> tuple[TrainConfig, RunOptions, After
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, check everything that needs no Ray, connect, train, print where the outputs are."""
     cfg, opts, after, ray_opts = parse(argv)
+    cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     report_id = f"{opts.name}-{reports.new_run_id()}"
     arrays = runner.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
     if after.evaluate:

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     run, ray_opts = cli.build(RunOptions, args), cli.build(RayOptions, args)
     space, options = cli.build(tuning.SearchSpace, args), cli.build(tuning.SweepOptions, args)
     base = cli.config_from_args(args, JOB_DEFAULTS)
+    cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     plan = tuning.preflight(base, space, options, run, workers=args.num_workers)  # None: derived from the cluster
     cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
     out = tuning.sweep(plan, run, emit=emit)

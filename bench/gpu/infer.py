@@ -1,0 +1,94 @@
+"""Ray Data batch inference on the GPU: images/s of ``evaluation.predict(use_gpu=True)`` against a plain loop.
+
+    python -m bench.gpu.infer [--dry-run]
+
+One local Ray with the GPU; one inference actor holding it (``--use-gpu`` gives each actor a whole GPU).
+A first pass over the 10k test set starts the actor (timed apart); then the 10k set and the set repeated
+10 times (100k images) are timed, each against a plain in-process loop over the same checkpoint on the
+same GPU (bf16 autocast, as the actor runs it). Checkpoint: the default job's best, else the fast job's,
+else freshly initialised weights (speed does not depend on them). Results: gpu_inference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.gpu import common
+from mnist_ray import checkpoints, cluster, data, evaluation, models, training
+
+
+def find_checkpoint() -> Path:
+    """A trained checkpoint from bench.gpu.jobs, or a fresh one written to the work folder."""
+    for name in ("gpu_default", "gpu_fast", "gpu_best"):
+        path = common.WORK / "runs" / name / "best_checkpoint" / "model.pt"
+        if path.is_file():
+            return path
+    folder = common.fresh_dir(common.WORK / "untrained")
+    config = {"model": "cnn", "dataset": "mnist", "dropout": 0.25}
+    return checkpoints.save(folder, model=models.build("cnn"), optimizer=None, config=config, epoch=0, history=[])
+
+
+@torch.no_grad()
+def plain(state: dict, images: np.ndarray, batch: int, use_gpu: bool) -> float:
+    """images/s of a plain loop doing what the Predictor does: normalise on the host, copy, bf16 forward."""
+    dev = common.device() if use_gpu else torch.device("cpu")
+    model = checkpoints.build_model(state).to(dev)
+    model(data.normalize(images[:batch]).to(dev))  # warm-up: cuDNN and allocator
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        x = data.normalize(images[i : i + batch]).to(dev)
+        with training.autocast(x):
+            model(x).float().argmax(1).cpu()
+    return len(images) / (time.perf_counter() - start)
+
+
+def timed_predict(prep: evaluation.Prepared, use_gpu: bool, batch: int) -> tuple[float, float]:
+    """(seconds, accuracy) of one Ray Data pass over ``prep``'s test images."""
+    start = time.perf_counter()
+    ev = evaluation.predict(prep, use_gpu=use_gpu, actors=1, batch_size=batch)
+    return time.perf_counter() - start, float(ev.predictions["correct"].mean())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dry-run", action="store_true", help="CPU smoke: 1,000 images, no GPU")
+    p.add_argument("--batch-size", type=int, default=1000, help="images per inference batch (the job's default)")
+    args = p.parse_args()
+    use_gpu = torch.cuda.is_available() and not args.dry_run
+    ckpt = find_checkpoint()
+    prep = evaluation.prepare(str(ckpt))
+    if args.dry_run:
+        a = prep.arrays
+        prep = evaluation.Prepared(
+            prep.checkpoint, prep.state, data.Arrays(a.train_x, a.train_y, a.test_x[:1000], a.test_y[:1000])
+        )
+    cluster.connect(num_cpus=4 if use_gpu else 2)
+    first_s, accuracy = timed_predict(prep, use_gpu, args.batch_size)
+    result = {
+        "checkpoint": str(ckpt),
+        "use_gpu": use_gpu,
+        "batch_size": args.batch_size,
+        "first_pass_s": round(first_s, 2),
+    }
+    n = len(prep.arrays.test_y)
+    seconds, _ = timed_predict(prep, use_gpu, args.batch_size)
+    result.update(test_accuracy_bf16=accuracy, n=n, ray_data_images_per_s=round(n / seconds))
+    result["plain_images_per_s"] = round(plain(prep.state, prep.arrays.test_x, args.batch_size, use_gpu))
+    a = prep.arrays
+    big = data.Arrays(a.train_x, a.train_y, np.tile(a.test_x, (10, 1, 1)), np.tile(a.test_y, 10))
+    seconds, _ = timed_predict(evaluation.Prepared(prep.checkpoint, prep.state, big), use_gpu, args.batch_size)
+    result.update(n_big=len(big.test_y), ray_data_images_per_s_big=round(len(big.test_y) / seconds))
+    result["plain_images_per_s_big"] = round(plain(prep.state, big.test_x, args.batch_size, use_gpu))
+    result["ratio_big"] = round(result["ray_data_images_per_s_big"] / result["plain_images_per_s_big"], 3)
+    if use_gpu:
+        result["gpu_max_allocated_mb_driver"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    common.save("gpu_inference", "ray_data", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Which Ray a job uses: Ray's rule resolved before ``ray.init``, a dead address failing at once, one status line."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from mnist_ray import cluster
+from mnist_ray.errors import ResourceError
+from tests.conftest import REPO
+from tests.ray_head import free_ports
+
+CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def job_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A user's environment: no .venv on PATH, HOME and Ray's temp dir of its own."""
+    (tmp_path / "home").mkdir(exist_ok=True)
+    env = {"PATH": CLEAN_PATH, "HOME": str(tmp_path / "home"), "LANG": "C.UTF-8", "RAY_TMPDIR": str(tmp_path / "t")}
+    return {**env, **extra}
+
+
+def train_smoke(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    """``jobs/train.py --preset smoke`` as a user runs it; returns the result and its wall seconds."""
+    cmd = [sys.executable, "jobs/train.py", "--preset", "smoke", "--output", str(tmp_path / "runs"), "--name", "x"]
+    start = time.monotonic()
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return out, time.monotonic() - start
+
+
+def assert_failed_fast_writing_nothing(out: subprocess.CompletedProcess, seconds: float, tmp_path: Path) -> str:
+    """Exit 2 within 30 s, one ``error:`` line, no run written; returns that line."""
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+    assert seconds < 30
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
+    runs = tmp_path / "runs"
+    assert not (runs / "x").exists() and not [p for p in runs.rglob("*") if p.is_file()]
+    assert "ray: " not in out.stdout  # it never connected
+    return lines[0]
+
+
+def test_a_stale_address_file_fails_at_once(tmp_path):
+    """A head that died leaves ray_current_cluster behind; ray.init() would retry it for minutes."""
+    (dead,) = free_ports(1)
+    stale = tmp_path / "t" / "ray" / "ray_current_cluster"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(f"127.0.0.1:{dead}")
+    out, seconds = train_smoke(tmp_path, job_env(tmp_path))
+    line = assert_failed_fast_writing_nothing(out, seconds, tmp_path)
+    assert f"127.0.0.1:{dead}" in line and str(stale) in line and "make cluster-up" in line
+    assert sorted(p.name for p in stale.parent.iterdir()) == ["ray_current_cluster"]  # no Ray session started
+
+
+def test_ray_address_at_a_dead_port_fails_at_once(tmp_path):
+    (dead,) = free_ports(1)
+    out, seconds = train_smoke(tmp_path, job_env(tmp_path, RAY_ADDRESS=f"127.0.0.1:{dead}"))
+    line = assert_failed_fast_writing_nothing(out, seconds, tmp_path)
+    assert f"RAY_ADDRESS points at 127.0.0.1:{dead}" in line and "unset RAY_ADDRESS" in line
+
+
+def test_a_job_server_url_in_ray_address_is_refused_with_the_fix(tmp_path):
+    """The README exports RAY_ADDRESS=http://...:8265 for ray job submit; a job run directly cannot use it."""
+    out, seconds = train_smoke(tmp_path, job_env(tmp_path, RAY_ADDRESS="http://127.0.0.1:8265"))
+    line = assert_failed_fast_writing_nothing(out, seconds, tmp_path)
+    assert "job server URL" in line and "mnist_ray.submit" in line
+
+
+@pytest.mark.parametrize(
+    ("ray_address", "recorded", "expected"),
+    [
+        (None, None, cluster.Target(None, "")),
+        ("local", "127.0.0.1:6379", cluster.Target(None, "RAY_ADDRESS=local")),
+        ("10.0.0.5:6379", "127.0.0.1:6379", cluster.Target("10.0.0.5:6379", "RAY_ADDRESS")),
+        (None, "127.0.0.1:6379", cluster.Target("127.0.0.1:6379", "")),
+        ("auto", "127.0.0.1:6379", cluster.Target("127.0.0.1:6379", "")),
+    ],
+)
+def test_resolve_follows_rays_rule(monkeypatch, tmp_path, ray_address, recorded, expected):
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    if ray_address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    assert cluster.address_file() == tmp_path / "ray" / "ray_current_cluster"
+    if recorded:
+        cluster.address_file().parent.mkdir()
+        cluster.address_file().write_text(recorded + "\n")
+    target = cluster.resolve()
+    assert target.address == expected.address
+    assert target.source.startswith(expected.source)
+
+
+def test_auto_without_a_recorded_head_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    with pytest.raises(ResourceError, match="RAY_ADDRESS=auto"):
+        cluster.resolve()
+
+
+@pytest.mark.slow
+def test_a_local_start_says_so_in_one_line(tmp_path):
+    """No RAY_ADDRESS, no address file: a new local instance on loopback, with the CPUs it was given."""
+    ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
+    code = "from mnist_ray import cluster; cluster.connect(num_cpus=1); import ray; ray.shutdown()"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env=job_env(tmp_path, RAY_TMPDIR=ray_tmp, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("ray: ")]
+    assert len(lines) == 1, out.stdout
+    pattern = rf"ray: started a local instance \(1 CPU\) on 127\.0\.0\.1 \(RAY_ADDRESS unset and no {ray_tmp}/ray/\S+\)"
+    assert re.fullmatch(pattern, lines[0]), lines[0]
+    assert not os.path.exists(os.path.join(ray_tmp, "ray", "ray_current_cluster"))
