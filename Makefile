@@ -1,4 +1,4 @@
-# The README's two commands are `make train` and `make test`; each builds .venv on first use.
+# The quick start is `make train` and `make test`; `make test-readme` runs the README's commands as written. Each builds .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -121,3 +121,42 @@ def test_more_workers_than_the_cluster_fails_fast(tmp_path, capsys):
     result = call(train.main, capsys, "--num-workers", "8", "--batch-size", "64", "--output", str(tmp_path))
     assert_one_line_error(result, "need 8 CPUs but the cluster has 2")
     assert_one_line_error(call(train.main, capsys, "--use-gpu", "--output", str(tmp_path)), "--use-gpu needs 2 GPUs")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p, good: p.write_bytes(b""), "is empty (0 bytes)"),
+        (lambda p, good: p.write_bytes(os.urandom(4096)), "is corrupt or truncated (not a complete torch zip archive)"),
+        (lambda p, good: torch.save({"format": 1}, p), "is a damaged mnist_ray checkpoint (missing or wrong: config"),
+        (lambda p, good: torch.save({**torch.load(good), "dataset": "cifar"}, p), "names an unknown dataset 'cifar'"),
+        (lambda p, good: torch.save({**torch.load(good), "state_dict": [1, 2]}, p), "missing or wrong: state_dict"),
+    ],
+)
+def test_every_kind_of_bad_checkpoint_is_one_line(tmp_path, good_checkpoint, damage, message, capsys):
+    bad = tmp_path / "model.pt"
+    damage(bad, good_checkpoint)
+    result = call(evaluate.main, capsys, "--checkpoint", str(bad), "--reports", str(tmp_path / "r"))
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_device_file_is_not_a_checkpoint(tmp_path, capsys):
+    result = call(evaluate.main, capsys, "--checkpoint", "/dev/zero", "--reports", str(tmp_path / "r"))
+    assert_one_line_error(result, "/dev/zero does not exist")
+
+
+@pytest.mark.parametrize("run_id", ["x" * 300, "two\nlines", "../up", ".hidden"])
+def test_bad_report_ids_are_refused_before_work(tmp_path, good_checkpoint, run_id, capsys):
+    args = ["--checkpoint", str(good_checkpoint), "--reports", str(tmp_path / "r"), "--run-id", run_id]
+    assert_one_line_error(call(evaluate.main, capsys, *args), "must be a plain folder name")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"null", b"[1, 2]", b'{"model": 3}'])
+def test_a_damaged_run_config_on_resume_is_named(tmp_path, damage, capsys):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "config.json").write_bytes(damage)
+    result = call(train.main, capsys, "--preset", "smoke", "--output", str(tmp_path))
+    assert_one_line_error(result, "config.json is damaged")
+    assert_one_line_error(result, "pass a new --name or delete")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -129,3 +130,32 @@ def test_a_local_start_says_so_in_one_line(tmp_path):
     pattern = rf"ray: started a local instance \(1 CPU\) on 127\.0\.0\.1 \(RAY_ADDRESS unset and no {ray_tmp}/ray/\S+\)"
     assert re.fullmatch(pattern, lines[0]), lines[0]
     assert not os.path.exists(os.path.join(ray_tmp, "ray", "ray_current_cluster"))
+
+
+TWO_RAYS = """
+import json, os
+from mnist_ray import cluster
+cluster.connect(num_cpus=1)
+import ray
+from ray.util.state import list_nodes
+
+@ray.remote(num_cpus=0)
+def probe():
+    return os.environ.get("RAY_ADDRESS"), len(list_nodes())  # the state API resolves its address as Ray Train does
+
+print(json.dumps([ray.get_runtime_context().gcs_address, *ray.get(probe.remote()), os.environ.get("RAY_ADDRESS")]))
+"""
+
+
+@pytest.mark.usefixtures("ray_session")  # a second Ray instance on this machine while the snippet starts its own
+def test_a_local_instance_beside_another_gives_its_processes_their_own_address(tmp_path):
+    """Ray Train's placement-group cleaner asks the state API with no address; with two Rays that used to fail."""
+    env = {**job_env(tmp_path), "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp")}
+    out = subprocess.run(
+        [sys.executable, "-c", TWO_RAYS], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    gcs, seen_by_worker, nodes, driver_env = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen_by_worker == gcs and nodes == 1  # its own cluster, found without guessing
+    assert driver_env is None  # the driver's own environment is left as it was
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)

@@ -1,0 +1,58 @@
+"""A/B of Ray's fixed-cost levers on a short train job: interleaved pairs, medians, fixed overhead per job.
+
+Fixed overhead = job wall time (start to exit) minus the time spent in epochs, for
+``jobs/train.py --preset smoke --epochs 1``. Each lever runs as "Ray's default" against "ours", in
+interleaved pairs so drifts in machine load hit both sides alike.
+"""
+
+from __future__ import annotations
+
+import re
+
+from bench import common
+
+PAIRS = 3
+JOB = ["jobs/train.py", "--preset", "smoke", "--epochs", "1"]
+LEVERS = {
+    # Train V2's controller polls workers every 2 s: each report and the end of training wait for a poll.
+    "health_check_interval": (
+        {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"},
+        {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": ""},
+    ),
+}
+"""lever -> (Ray's default, this project's setting); an empty value means "what the code sets by default"."""
+
+
+def overhead(env: dict[str, str], name: str) -> float:
+    """Fixed overhead of one fresh job: wall minus the epoch's own seconds."""
+    wall, stdout = common.run([*JOB, "--output", str(common.WORK / "levers"), "--name", name], env=_env(env))
+    epoch_s = sum(float(s) for s in re.findall(r"img/s\s+([\d.]+)s", stdout))
+    return wall - epoch_s
+
+
+def _env(env: dict[str, str]) -> dict[str, str]:
+    import os
+
+    out = {k: v for k, v in os.environ.items() if k not in env}
+    out.update({k: v for k, v in env.items() if v})
+    return out
+
+
+def main() -> None:
+    results = {}
+    for lever, (default, ours) in LEVERS.items():
+        before, after = [], []
+        for i in range(PAIRS):
+            before.append(round(overhead(default, f"{lever}-a{i}"), 2))
+            after.append(round(overhead(ours, f"{lever}-b{i}"), 2))
+        results[lever] = {
+            "ray_default_s": before,
+            "ours_s": after,
+            "median_ray_default_s": common.median(before),
+            "median_ours_s": common.median(after),
+        }
+    common.save("levers", {"command": "python bench/run_all.py levers  (" + " ".join(JOB) + ")", **results})
+
+
+if __name__ == "__main__":
+    main()
