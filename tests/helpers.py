@@ -65,3 +65,20 @@ def alive_actors(class_name: str, detail: bool = False) -> list:
 
     filters = [("class_name", "=", class_name), ("state", "=", "ALIVE")]
     return list_actors(address=ray.get_runtime_context().gcs_address, filters=filters, detail=detail)
+
+
+CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
+"""A user's PATH without .venv/bin: a submitter needs nothing on PATH; the head's PATH runs the job."""
+
+
+def run_submit(*args: str, address: str | None = None, auth: str = "token", timeout: float = 600):
+    """The wrapper as a scheduler runs it: from the checkout, RAY_ADDRESS and RAY_AUTH_MODE in the environment."""
+    env = {"PATH": CLEAN_PATH, "HOME": os.environ["HOME"], "LANG": "C.UTF-8", "RAY_AUTH_MODE": auth}
+    if address:
+        env["RAY_ADDRESS"] = address
+    cmd = [sys.executable, "-m", "mnist_ray.submit", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(out: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in out.stderr.splitlines() if line.startswith("error:")]

@@ -7,12 +7,14 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from ray.job_submission import JobSubmissionClient
 
 from tests.conftest import REPO
+from tests.helpers import error_lines, run_submit
 from tests.ray_head import RayHead
 
 pytestmark = pytest.mark.slow
@@ -37,41 +39,24 @@ def submit(head: RayHead, *entrypoint: str) -> tuple[str, str]:
     return str(client.get_job_status(job_id).value), client.get_job_logs(job_id)
 
 
-def test_train_then_evaluate_through_the_job_server(head, tmp_path):
-    status, logs = submit(
-        head,
-        "jobs/train.py",
-        "--output",
-        str(tmp_path / "runs"),
-        "--name",
-        "job",
-        "--epochs",
-        "2",
-        "--train-limit",
-        "1024",
-        "--val-size",
-        "256",
-        "--batch-size",
-        "64",
-    )
+@pytest.fixture(scope="module")
+def trained(head, tmp_path_factory) -> tuple[Path, str]:
+    """One small run trained through ``ray job submit`` on the head: (run folder, the job's logs)."""
+    runs = tmp_path_factory.mktemp("head-runs")
+    args = ["--output", str(runs), "--name", "job", "--epochs", "2", "--train-limit", "1024", "--val-size", "256"]
+    status, logs = submit(head, "jobs/train.py", *args, "--batch-size", "64")
     assert status == "SUCCEEDED", logs[-3000:]
+    return runs / "job", logs
+
+
+def test_train_then_evaluate_through_the_job_server(head, trained, tmp_path):
+    run, logs = trained
     assert "epoch   2/2" in logs and "best checkpoint:" in logs
-    run = tmp_path / "runs" / "job"
+    assert f"ray: joined the cluster at {head.gcs} (RAY_ADDRESS, set by ray job submit)" in logs
     assert len(pd.read_parquet(run / "history.parquet")) == 2 and (run / "curves.png").is_file()
     assert json.loads((run / "config.json").read_text())["train_limit"] == 1024
-
-    status, logs = submit(
-        head,
-        "jobs/evaluate.py",
-        "--run",
-        str(run),
-        "--reports",
-        str(tmp_path / "reports"),
-        "--run-id",
-        "nightly",
-        "--actors",
-        "1",
-    )
+    args = ["--run", str(run), "--reports", str(tmp_path / "reports"), "--run-id", "nightly", "--actors", "1"]
+    status, logs = submit(head, "jobs/evaluate.py", *args)
     assert status == "SUCCEEDED", logs[-3000:]
     metrics = pd.read_parquet(tmp_path / "reports" / "nightly" / "metrics.parquet")
     assert metrics["n"].iloc[0] == 10000 and metrics["checkpoint"].iloc[0].startswith(str(run))
@@ -99,3 +84,44 @@ def test_job_server_rejects_requests_without_the_token(head):
         timeout=60,
     )
     assert out.returncode != 0 and re.search(r"401|[Uu]nauthori[sz]ed|token", out.stderr), out.stderr[-2000:]
+
+
+def test_the_submitter_returns_the_jobs_own_exit_code_3_below_min_accuracy(head, trained, tmp_path):
+    """``python -m mnist_ray.submit`` (what a scheduler runs): the report is written, then exit 3, not 1."""
+    checkpoint = trained[0] / "best_checkpoint" / "model.pt"
+    evaluate = ["python", "jobs/evaluate.py", "--checkpoint", str(checkpoint), "--reports", str(tmp_path / "reports")]
+    out = run_submit(
+        "--working-dir", ".", "--", *evaluate, "--run-id", "r", "--min-accuracy", "1.0", address=head.dashboard
+    )
+    assert out.returncode == 3, out.stdout[-3000:] + out.stderr[-2000:]
+    assert f"ray: joined the cluster at {head.gcs} (RAY_ADDRESS, set by ray job submit)" in out.stdout  # streamed
+    assert (tmp_path / "reports" / "r" / "metrics.parquet").is_file()  # the report is written, then the threshold
+    assert out.stderr.strip().splitlines()[-1].endswith("FAILED, exit code 3")
+
+
+@pytest.mark.slow
+def test_bad_input_exits_2_and_any_exit_code_comes_back(head):
+    out = run_submit("--working-dir", ".", "--", "python", "jobs/evaluate.py", "--no-such-flag", address=head.dashboard)
+    assert out.returncode == 2 and "unrecognized arguments: --no-such-flag" in out.stdout, out.stdout[-3000:]
+    out = run_submit("--address", head.dashboard, "--", "python", "-c", "raise SystemExit(7)")
+    assert out.returncode == 7, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_missing_token_is_one_error_line(head):
+    out = run_submit("--", "python", "-c", "print(1)", address=head.dashboard, auth="disabled", timeout=60)
+    assert out.returncode == 2 and len(error_lines(out)) == 1 and "token" in error_lines(out)[0], out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_job_joins_the_head_recorded_by_ray_start(head):
+    """RAY_ADDRESS unset: ray.init() joins the head whose address ray start wrote on this machine, and says so."""
+    code = "from mnist_ray import cluster; cluster.connect(num_cpus=1)"  # num_cpus is for a local start only
+    env = {**head.env, "RAY_TMPDIR": str(head.tmp_root)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    file = Path(head.temp_dir) / "ray_current_cluster"
+    expected = (
+        f"ray: joined the cluster at {head.gcs} (the head started by ray start on this machine, recorded in {file})"
+    )
+    assert out.stdout.strip().splitlines() == [expected]
