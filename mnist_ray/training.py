@@ -172,18 +172,11 @@ def train_steps(
 
 
 def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    cfg: TrainConfig,
-    epoch: int,
-    gen: torch.Generator,
-    forward: nn.Module | None = None,
-    bf16: bool = True,
+    model: nn.Module, optimizer: torch.optim.Optimizer, *args: Any, **kw: Any
 ) -> tuple[float, float, float]:
-    """One pass over this worker's shard; returns global (loss, accuracy, last lr)."""
-    loss_sum, correct, lr = train_steps(model, optimizer, x, y, cfg, epoch, gen, forward, bf16)
+    """One pass over this worker's shard (:func:`train_steps`' arguments); returns global (loss, accuracy, last lr)."""
+    loss_sum, correct, lr = train_steps(model, optimizer, *args, **kw)
+    x = args[0]
     total_loss, total_correct, n = _all_sum([loss_sum, correct, len(x)], x.device)
     return total_loss / n, total_correct / n, lr
 

@@ -38,6 +38,13 @@ def pytest_addoption(parser):
     parser.addoption("--reverse", action="store_true", help="run the collected tests in reverse order")
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """The test order's seed, shown even with -q, so any order-dependent failure can be replayed."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"random test order: --randomly-seed={seed} (file order: -p no:randomly)")
+
+
 def pytest_collection_modifyitems(config, items):
     """--reverse: the last test first, to prove no test depends on another having run."""
     if config.getoption("--reverse"):
