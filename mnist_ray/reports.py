@@ -83,25 +83,29 @@ def write_report(
 
 
 def evaluate_to_report(
-    checkpoint: str,
-    reports: str,
-    run_id: str,
-    overwrite: bool = False,
-    prepared: evaluation.Prepared | None = None,
-    min_accuracy: float | None = None,
-    **predict_kwargs: Any,
+    checkpoint: str, reports: str, run_id: str, overwrite: bool = False, **kwargs: Any
 ) -> tuple[str, dict[str, Any]]:
-    """Score ``checkpoint`` on the test set with Ray Data and write its report; Ray must be initialised.
+    """Check the report folder, load the checkpoint, score it and write its report; Ray must be initialised.
 
-    Jobs pass ``prepared`` (from :func:`evaluation.prepare`, run before Ray starts) after checking the
-    report folder; without it both happen here.
+    For callers that have done neither check yet (train --evaluate, tests); the evaluation job does
+    them before Ray starts and calls :func:`run_evaluation`.
     """
     target = check_run_dir(reports, run_id, overwrite)
-    prep = prepared if prepared is not None else evaluation.prepare(checkpoint)
+    return target, run_evaluation(evaluation.prepare(checkpoint), target, overwrite, **kwargs)
+
+
+def run_evaluation(
+    prep: evaluation.Prepared,
+    target: str,
+    overwrite: bool = False,
+    min_accuracy: float | None = None,
+    **predict_kwargs: Any,
+) -> dict[str, Any]:
+    """Score a prepared checkpoint with Ray Data and write its report to ``target``; returns its metrics."""
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     ev = evaluation.predict(prep, **predict_kwargs)
-    return target, write_report(ev, target, started_at, time.perf_counter() - start, overwrite, min_accuracy)
+    return write_report(ev, target, started_at, time.perf_counter() - start, overwrite, min_accuracy)
 
 
 def _confusion_frame(matrix: np.ndarray) -> pd.DataFrame:

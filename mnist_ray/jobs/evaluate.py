@@ -66,17 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     run_id = opts.run_id or reports.new_run_id()
     checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
-    reports.check_run_dir(opts.reports, run_id, opts.overwrite)
+    target = reports.check_run_dir(opts.reports, run_id, opts.overwrite)
     prepared = evaluation.prepare(checkpoint, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
     storage.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
     cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
     emit(f"evaluating {checkpoint}")
-    folder, m = reports.evaluate_to_report(
-        checkpoint,
-        opts.reports,
-        run_id,
+    m = reports.run_evaluation(
+        prepared,
+        target,
         opts.overwrite,
-        prepared=prepared,
         min_accuracy=opts.min_accuracy,
         use_gpu=opts.use_gpu,
         actors=opts.actors,
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         f"test accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, macro F1 {m['macro_f1']:.4f} "
         f"on {m['n']} images in {m['seconds']:.1f}s"
     )
-    emit(f"report: {folder}\nsummary: {storage.join(folder, 'summary.md')}")
+    emit(f"report: {target}\nsummary: {storage.join(target, 'summary.md')}")
     if m["passed"] is False:
         print(f"error: accuracy {m['accuracy']:.4f} is below --min-accuracy {opts.min_accuracy}", file=sys.stderr)
         return EXIT_BELOW_THRESHOLD
