@@ -87,7 +87,9 @@ def cluster_env(ray_session) -> dict:
     return helpers.cluster_env(ray_session)
 
 
-def test_killed_train_driver_resumes_with_the_same_command(tmp_path, cluster_env):
+def test_killed_train_driver_resumes_with_the_same_command(tmp_path):
+    # Its own local Ray per driver, as a user's job has: what a SIGKILLed driver leaves must not starve the suite's.
+    env = helpers.cluster_env(RAY_ADDRESS="local")
     args = [
         "--output",
         str(tmp_path),
@@ -105,12 +107,12 @@ def test_killed_train_driver_resumes_with_the_same_command(tmp_path, cluster_env
         "--keep-checkpoints",
         "1",
     ]
-    _kill_after_line(_job("train.py", *args, env=cluster_env), "epoch   1/3")
+    _kill_after_line(_job("train.py", *args, env=env), "epoch   1/3")
     again = subprocess.run(
         [sys.executable, str(REPO / "jobs" / "train.py"), *args],
         capture_output=True,
         text=True,
-        env=cluster_env,
+        env=env,
         timeout=300,
     )
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]

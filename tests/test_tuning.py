@@ -145,8 +145,10 @@ def _wait_for_terminated_trial(sweep: Path, proc, timeout=240) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_killed_driver_skips_finished_trials(ray_session, tmp_path):
-    env = cluster_env(ray_session)
+def test_resume_after_killed_driver_skips_finished_trials(tmp_path):
+    # Each driver starts its own local Ray, as a user's sweep does: a SIGKILLed Tune driver can leave a trial's
+    # placement group behind (Ray Train's cleaner races the kill), which must not starve the suite's shared Ray.
+    env = cluster_env(RAY_ADDRESS="local")
     first = subprocess.Popen(_tune_cmd(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     _wait_for_terminated_trial(tmp_path / "resumable", first)
     first.send_signal(signal.SIGKILL)
