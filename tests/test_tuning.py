@@ -20,6 +20,10 @@ from tests.conftest import REPO, TINY
 from tests.helpers import cluster_env
 
 pytestmark = pytest.mark.usefixtures("ray_session")
+# Ray Tune 2.60 can deadlock a trial whose step is in flight while ASHA stops it (FunctionTrainable.step blocks on
+# its own full result queue; seen once in six shuffled runs here). A stuck sweep fails after SWEEP_TIMEOUT_S and
+# runs once more, instead of hanging the suite; a sweep that fails twice still fails the test.
+SWEEP_TIMEOUT_S = 300
 BASE = TrainConfig(**{**TINY, "epochs": 2})
 
 
@@ -38,6 +42,8 @@ def _sampled(sweep_dir: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SWEEP_TIMEOUT_S, method="signal")
+@pytest.mark.flaky(reruns=1)
 def test_sweep_of_four_trials_on_two_cpus(tmp_path):
     space = tuning.SearchSpace(lr_min=1e-3, lr_max=1e-2, optimizers=("adam", "sgd"))
     out = _sweep(tmp_path, "four", space, num_samples=4)
@@ -61,6 +67,8 @@ def test_sweep_of_four_trials_on_two_cpus(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SWEEP_TIMEOUT_S, method="signal")
+@pytest.mark.flaky(reruns=1)
 def test_asha_stops_a_poor_trial_early(tmp_path):
     """Sequential grid: a good lr reaches rung 1 first, so a hopeless lr (1e-6) falls below the cutoff."""
     space = tuning.SearchSpace(lr_values=(3e-3, 1e-6), optimizers=("adam",))
