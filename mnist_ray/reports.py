@@ -83,7 +83,7 @@ def write_report(
 
 
 def evaluate_to_report(
-    checkpoint: str, reports: str, run_id: str, overwrite: bool = False, **kwargs: Any
+    checkpoint: str, reports: str, run_id: str, overwrite: bool = False, arrays=None, **kwargs: Any
 ) -> tuple[str, dict[str, Any]]:
     """Check the report folder, load the checkpoint, score it and write its report; Ray must be initialised.
 
@@ -91,7 +91,8 @@ def evaluate_to_report(
     them before Ray starts and calls :func:`run_evaluation`.
     """
     target = check_run_dir(reports, run_id, overwrite)
-    return target, run_evaluation(evaluation.prepare(checkpoint), target, overwrite, **kwargs)
+    prep = evaluation.prepare(checkpoint, arrays=arrays)  # arrays: already parsed by the caller, not read again
+    return target, run_evaluation(prep, target, overwrite, **kwargs)
 
 
 def run_evaluation(

@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     out = runner.train(cfg, opts, runner.progress_printer(cfg, emit), arrays)
     print_outputs(out)
     if after.evaluate:
-        folder, m = reports.evaluate_to_report(out.best_checkpoint, after.reports, report_id, progress=ray_opts.verbose)
+        folder, m = reports.evaluate_to_report(
+            out.best_checkpoint, after.reports, report_id, arrays=arrays, progress=ray_opts.verbose
+        )
         emit(f"test accuracy {m['accuracy']:.2%}, test loss {m['loss']:.4f} ({m['n']} images)")
         emit(f"{'test report':>16}: {storage.join(folder, 'summary.md')}")
     return 0
