@@ -112,6 +112,8 @@ def connect(num_cpus: int | None = None, verbose: bool = False) -> None:
     # a Tune trial stopped by ASHA); without it those CPUs leak and later trials wait forever. So a local instance
     # takes a free port, not a busy 8265.
     kwargs = {"num_cpus": num_cpus, "dashboard_port": _free_port()} if target.address is None else {}
+    if target.address is None:
+        _loopback_only()
     try:
         with _own_address_for_ray_processes(target.address is None):
             ray.init(
@@ -127,6 +129,21 @@ def connect(num_cpus: int | None = None, verbose: bool = False) -> None:
             "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
         ) from None
     print(describe(target), flush=True)
+
+
+def _loopback_only() -> None:
+    """Put a new local instance's node on 127.0.0.1, so no port of a one-machine run is reachable from the network.
+
+    By default Ray on Linux advertises, and binds its GCS, raylet, workers and dashboard agent to, this machine's
+    interface address. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's switch for a loopback node: the environment
+    variable reaches the processes Ray starts; Ray read it into a constant when it was imported, so the driver's
+    copy is set too. Torch's rendezvous follows the node address (``mnist_ray.rendezvous``). To serve other
+    machines, start a head with ``ray start`` instead.
+    """
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 @contextlib.contextmanager

@@ -19,11 +19,12 @@ from typing import Any
 import pandas as pd
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from mnist_ray import checkpoints, data, plots, storage
 from mnist_ray.config import RunOptions, TrainConfig, parse_json_object
 from mnist_ray.errors import ConfigError, ResourceError
+from mnist_ray.rendezvous import LoopbackTorchConfig
 from mnist_ray.training import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def make_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), **data_refs},
-        torch_config=TorchConfig(backend=backend),
+        torch_config=LoopbackTorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=opts.name,

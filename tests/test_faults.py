@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -89,7 +90,9 @@ def cluster_env(ray_session) -> dict:
 
 def test_killed_train_driver_resumes_with_the_same_command(tmp_path):
     # Its own local Ray per driver, as a user's job has: what a SIGKILLed driver leaves must not starve the suite's.
+    # Nor does it get the suite's loopback setting: the job itself must keep its local Ray on loopback.
     env = helpers.cluster_env(RAY_ADDRESS="local")
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     args = [
         "--output",
         str(tmp_path),
@@ -108,15 +111,15 @@ def test_killed_train_driver_resumes_with_the_same_command(tmp_path):
         "1",
     ]
     _kill_after_line(_job("train.py", *args, env=env), "epoch   1/3")
-    again = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    epochs = [ln.split()[1] for ln in again.stdout.splitlines() if ln.startswith("epoch ")]
+    again = _job("train.py", *args, env=env)
+    listeners = _listeners_until_exit(again)
+    out = again.stdout.read()
+    assert again.returncode == 0, out[-3000:]
+    # Every port the local run opened, torch's DDP rendezvous and gloo's included, is on loopback.
+    assert listeners and all(_on_loopback(line) for line in listeners), listeners
+    per_worker = Counter(re.search(r"pid=(\d+)", ln)[1] for ln in listeners if "RayTrainWo" in ln)
+    assert per_worker and max(per_worker.values()) >= 2, listeners  # rank 0: its Ray port and torch's store
+    epochs = [ln.split()[1] for ln in out.splitlines() if ln.startswith("epoch ")]
     assert epochs and epochs[0] != "1/3" and epochs[-1] == "3/3"  # continued, did not start over
     assert pd.read_parquet(tmp_path / "interrupted" / "history.parquet")["epoch"].tolist() == [1, 2, 3]
     kept = sorted(p.name for p in (tmp_path / "interrupted").glob("checkpoint_epoch_*"))
@@ -159,14 +162,28 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+def _listening(pids: set[int]) -> set[str]:
+    """``ss -ltnp`` lines of the TCP sockets that any of ``pids`` listens on."""
+    lines = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return {" ".join(ln.split()[3:]) for ln in lines if {int(p) for p in re.findall(r"pid=(\d+)", ln)} & pids}
+
+
+def _listeners_until_exit(proc: subprocess.Popen, timeout: float = 300) -> set[str]:
+    """Every listening socket of ``proc`` and its descendants (Ray's processes), sampled until it exits."""
+    seen: set[str] = set()
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        seen |= _listening(_descendants(proc.pid) | {proc.pid})
+        time.sleep(0.2)
+    proc.wait(timeout=max(1.0, deadline - time.time()))
+    return seen
+
+
+def _on_loopback(line: str) -> bool:
+    return line.split()[0].rsplit(":", 1)[0] in {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
+
+
 def test_ray_processes_started_by_the_tests_listen_on_loopback_only():
-    ours = _descendants(os.getpid())
-    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
-    checked = 0
-    for line in listening:
-        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
-        if pids & ours:
-            address = line.split()[3].rsplit(":", 1)[0]
-            assert address in {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}, line
-            checked += 1
-    assert checked >= 3  # GCS, raylet, dashboard at least
+    listening = _listening(_descendants(os.getpid()))
+    assert all(_on_loopback(line) for line in listening), listening
+    assert len(listening) >= 3  # GCS, raylet, dashboard at least
