@@ -18,6 +18,7 @@ from pathlib import Path
 import ray
 from ray._common.utils import get_ray_address_file  # Ray's own rule: $RAY_TMPDIR, else $TMPDIR, else /tmp; + /ray
 
+from mnist_ray import output
 from mnist_ray.errors import ResourceError
 
 LOOPBACK = "127.0.0.1"
@@ -107,6 +108,7 @@ def connect(num_cpus: int | None = None, verbose: bool = False) -> None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's status tables; our callbacks print instead
         # Token auth is on by default in Ray 2.60 and says so on every start; --verbose still shows it.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        output.quiet()
     # Joining a cluster rejects num_cpus. The dashboard (on 127.0.0.1) must come up: Ray's state API needs it, and
     # Ray Train's placement-group cleaner uses that API to free the CPUs of a run whose controller was killed (e.g.
     # a Tune trial stopped by ASHA); without it those CPUs leak and later trials wait forever. So a local instance

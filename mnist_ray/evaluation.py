@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_ray import checkpoints, data, storage
+from mnist_ray import checkpoints, data, output, storage
 from mnist_ray.config import DEFAULT_RUNS
 from mnist_ray.errors import CheckpointError, ResourceError
 
@@ -137,7 +137,8 @@ def predict(
         num_cpus=1,
         num_gpus=1 if use_gpu else 0,
     )
-    predictions = scored.to_pandas().sort_values("index", ignore_index=True)
+    with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
+        predictions = scored.to_pandas().sort_values("index", ignore_index=True)
     predictions["correct"] = predictions["label"] == predictions["predicted"]
     return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], x)
 
