@@ -78,13 +78,17 @@ class Predictor:
         state = checkpoints.load(source["path"]) if "path" in source else ray.get(source["ref"][0])
         self.model = checkpoints.build_model(state).to(self.device)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def log_probs(self, images: np.ndarray) -> Any:
+        """Log-probabilities (N, classes) of uint8 (N, 28, 28) images, a tensor on the model's device."""
         torch = self.torch
-        x = data.normalize(batch["image"]).to(self.device)
-        labels = torch.from_numpy(batch["label"]).to(self.device)
+        x = data.normalize(images).to(self.device)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
             logits = self.model(x).float()
-        log_probs = torch.log_softmax(logits, 1)
+        return torch.log_softmax(logits, 1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        log_probs = self.log_probs(batch["image"])
+        labels = self.torch.from_numpy(batch["label"]).to(self.device)
         confidence, predicted = log_probs.exp().max(1)
         loss = -log_probs.gather(1, labels[:, None])[:, 0]
         return {
@@ -114,22 +118,42 @@ def predict(
 
     ``progress`` turns on Ray Data's per-operator progress output.
     """
+    x, y = prep.arrays.test_x, prep.arrays.test_y
+    frame = pd.DataFrame({"index": np.arange(len(y)), "label": y, "image": list(x)})
+    scored = score(frame, prep.checkpoint, prep.state, Predictor, use_gpu, actors, batch_size, progress)
+    predictions = scored.sort_values("index", ignore_index=True)
+    predictions["correct"] = predictions["label"] == predictions["predicted"]
+    return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], x)
+
+
+def score(
+    frame: pd.DataFrame,
+    checkpoint: str,
+    state: dict[str, Any],
+    fn: type = Predictor,
+    use_gpu: bool = False,
+    actors: int = 2,
+    batch_size: int = 1000,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Map ``frame`` (an ``image`` column of uint8 28x28 arrays) through ``fn`` on a Ray Data actor pool.
+
+    ``fn`` is :class:`Predictor` or a subclass (the prediction job's); rows come back in any order.
+    """
     import ray
 
     if use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
         raise ResourceError("--use-gpu: this Ray cluster has no GPU; drop --use-gpu")
-    x, y = prep.arrays.test_x, prep.arrays.test_y
-    frame = pd.DataFrame({"index": np.arange(len(y)), "label": y, "image": list(x)})
     ray.data.DataContext.get_current().enable_progress_bars = progress
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if progress else logging.ERROR)
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
-    local_only = not storage.is_uri(prep.checkpoint) and nodes > 1
-    source = {"ref": [ray.put(prep.state)]} if local_only else {"path": prep.checkpoint}
-    bounds = np.linspace(0, len(y), actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
-    ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    local_only = not storage.is_uri(checkpoint) and nodes > 1
+    source = {"ref": [ray.put(state)]} if local_only else {"path": checkpoint}
+    bounds = np.linspace(0, len(frame), actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
+    ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
     scored = ds.map_batches(
-        Predictor,
+        fn,
         fn_constructor_kwargs={"source": source, "use_gpu": use_gpu},
         batch_size=batch_size,
         batch_format="numpy",
@@ -138,9 +162,7 @@ def predict(
         num_gpus=1 if use_gpu else 0,
     )
     with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
-        predictions = scored.to_pandas().sort_values("index", ignore_index=True)
-    predictions["correct"] = predictions["label"] == predictions["predicted"]
-    return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], x)
+        return scored.to_pandas()
 
 
 def confusion(predictions: pd.DataFrame, classes: int = 10) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""Predict the digits in new images with a trained checkpoint, on the evaluation's Ray Data inference.
+
+--input is a folder of image files (PNG, JPEG, ...: any size, grayscale or colour, either polarity), one image,
+a Parquet file with an image column, or an IDX images file, as a path or URI. Writes
+<output>/predictions.parquet (source, predicted, confidence, top3, top3_confidence, error), complete or absent,
+to a folder or an s3:// URI. An unreadable file is a row with its reason, never a failed batch; an input with
+no readable image at all is bad input (exit 2).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_ray import checkpoints, cli, cluster, evaluation, predict, reports, storage
+from mnist_ray.config import RayOptions, check_range, validate_fields
+from mnist_ray.errors import ConfigError, MnistRayError
+
+emit = functools.partial(print, flush=True)
+
+DEFAULT_PREDICTIONS = str(Path.home() / "mnist_ray" / "predictions")
+"""Where predictions go unless --output says otherwise: one folder per run, named by its UTC time."""
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What to score, with which checkpoint, and where the predictions go."""
+
+    input: str | None = None
+    """Images to score (path or URI): a folder (searched recursively), an image, a Parquet or an IDX file."""
+    checkpoint: str | None = None
+    """A model.pt file or checkpoint folder (path or URI)."""
+    run: str | None = None
+    """A training run or sweep folder (path or URI): uses its best checkpoint."""
+    models_dir: str | None = None
+    """Use the newest finished run under this folder or URI (default: ~/mnist_ray/runs)."""
+    output: str | None = None
+    """Folder or URI that receives predictions.parquet (default: ~/mnist_ray/predictions/<UTC time>)."""
+    overwrite: bool = False
+    """Replace an existing --output folder."""
+    invert: str = "auto"
+    """auto, yes or no: make dark-on-light images light-on-dark like MNIST (auto: when the border is bright)."""
+    column: str = "image"
+    """Parquet input: the column holding the images (encoded bytes, {'bytes': ...} structs, or 28x28/784 pixels)."""
+    dataset: str | None = None
+    """Refuse a checkpoint trained on another dataset."""
+    use_gpu: bool = False
+    """One GPU per inference actor."""
+    actors: int = 2
+    """Inference actors in the Ray Data pool."""
+    batch_size: int = 1000
+    """Images per inference batch."""
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.checkpoint, self.run, self.models_dir)) > 1:
+            raise ConfigError("pass only one of --checkpoint, --run and --models-dir")
+        if self.invert not in predict.INVERT:
+            raise ConfigError(f"--invert must be one of {', '.join(predict.INVERT)}, got {self.invert!r}")
+        validate_fields(self)
+        check_range("actors", self.actors, 1, 1024, "[]", "--actors")
+
+
+def check_output(output: str | None, overwrite: bool) -> str:
+    """The output folder (path or URI); an existing one is refused unless ``overwrite``."""
+    target = storage.normalize(output or storage.join(DEFAULT_PREDICTIONS, reports.new_run_id()))
+    if not overwrite and storage.exists(target):
+        raise MnistRayError(f"output {target} already exists: pass --overwrite or another --output")
+    return target
+
+
+def _parent(path: str) -> str:
+    """The folder an output folder is published into (its temporary copy is assembled beside it, locally)."""
+    if not storage.is_uri(path):
+        return str(Path(path).parent)
+    scheme, rest = path.split("://", 1)
+    return f"{scheme}://{rest.rsplit('/', 1)[0]}" if "/" in rest else path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags; check the output, checkpoint and images before Ray; score on Ray Data; publish the table."""
+    p = cli.parser(__doc__)
+    cli.add_fields(p.add_argument_group("prediction"), PredictOptions, PredictOptions())
+    cli.add_fields(p.add_argument_group("ray"), RayOptions, RayOptions())
+    args = p.parse_args(argv)
+    opts, ray_opts = cli.build(PredictOptions, args), cli.build(RayOptions, args)
+    if not opts.input:
+        raise ConfigError("pass --input: a folder of images, an image, a Parquet or an IDX file (path or URI)")
+    cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before reading anything
+    target = check_output(opts.output, opts.overwrite)
+    checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
+    state = checkpoints.load(checkpoint, dataset=opts.dataset)
+    checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in an actor
+    items = predict.load(opts.input, opts.invert, opts.column)  # nothing readable: bad input, before Ray
+    storage.check_writable(_parent(target), "--output")  # the first write, after every check that needs no Ray
+    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
+    emit(f"predicting {len(items)} image(s) from {storage.normalize(opts.input)} with {checkpoint}")
+    kwargs = {"use_gpu": opts.use_gpu, "batch_size": opts.batch_size, "progress": ray_opts.verbose}
+    table = predict.predict(items, checkpoint, state, actors=opts.actors, **kwargs)
+    written = predict.write(table, target, opts.overwrite)
+    scored = table.column("error").null_count
+    emit(f"{scored} scored, {table.num_rows - scored} unreadable: {written}")
+    return 0
