@@ -1,0 +1,91 @@
+"""Export a trained checkpoint for serving: a torch.export program (model.pt2) and ONNX (model.onnx).
+
+Neither needs mnist_ray to run: torch.export.load("model.pt2").module() or an onnxruntime session takes float32
+images (N, 1, 28, 28) with raw pixel values 0..255 and returns logits (N, 10). Writes <output>/ (model.pt2,
+model.onnx, export.json, MANIFEST.json), complete or absent, to a folder or an s3:// URI; every file is loaded
+back and checked against the checkpoint before it is published. Needs no Ray. ONNX needs the [onnx] extra.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_ray import checkpoints, cli, evaluation, export, reports, storage
+from mnist_ray.config import validate_fields
+from mnist_ray.errors import ConfigError, MnistRayError
+
+emit = functools.partial(print, flush=True)
+
+DEFAULT_EXPORTS = str(Path.home() / "mnist_ray" / "exports")
+"""Where exports go unless --output says otherwise: one folder per export, named by its UTC time."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Which checkpoint to export, in which formats, and where the files go."""
+
+    checkpoint: str | None = None
+    """A model.pt file or checkpoint folder (path or URI)."""
+    run: str | None = None
+    """A training run or sweep folder (path or URI): exports its best checkpoint."""
+    models_dir: str | None = None
+    """Export the newest finished run under this folder or URI (default: ~/mnist_ray/runs)."""
+    output: str | None = None
+    """Folder or URI that receives the exports (default: ~/mnist_ray/exports/<UTC time>)."""
+    overwrite: bool = False
+    """Replace an existing --output folder."""
+    format: str = "all"
+    """pt2 (torch.export program), onnx (needs the [onnx] extra) or all."""
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.checkpoint, self.run, self.models_dir)) > 1:
+            raise ConfigError("pass only one of --checkpoint, --run and --models-dir")
+        export.parse_formats(self.format)
+        validate_fields(self)
+
+
+def check_output(output: str | None, overwrite: bool) -> str:
+    """The output folder (path or URI); an existing one is refused unless ``overwrite``."""
+    target = storage.normalize(output or storage.join(DEFAULT_EXPORTS, reports.new_run_id()))
+    if not overwrite and storage.exists(target):
+        raise MnistRayError(f"output {target} already exists: pass --overwrite or another --output")
+    return target
+
+
+def _parent(path: str) -> str:
+    """The folder that receives the output folder (locally, its temporary copy is assembled beside it)."""
+    if not storage.is_uri(path):
+        return str(Path(path).parent)
+    scheme, rest = path.split("://", 1)
+    return f"{scheme}://{rest.rsplit('/', 1)[0]}" if "/" in rest else path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags; check formats, output and checkpoint before any work; export, check and publish the files."""
+    p = cli.parser(__doc__)
+    cli.add_fields(p.add_argument_group("export"), ExportOptions, ExportOptions())
+    opts = cli.build(ExportOptions, p.parse_args(argv))
+    formats = export.parse_formats(opts.format)
+    if "onnx" in formats:
+        export.check_onnx_available()
+    target = check_output(opts.output, opts.overwrite)
+    checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
+    state = checkpoints.load(checkpoint)
+    checkpoints.build_model(state)  # weights that do not fit the architecture fail here, before any write
+    storage.check_writable(_parent(target), "--output")  # the first write, after every other check
+    emit(f"exporting {checkpoint} ({state['model']}, {state['dataset']}, epoch {state['epoch']})")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mnist_ray-export-") as tmp:
+        os.chmod(tmp, 0o755)  # the published folder keeps this mode: readable by the serving side, like its files
+        meta = export.export(state, checkpoint, formats, Path(tmp))
+        storage.publish_dir(Path(tmp), target, opts.overwrite)
+    for fmt, name in meta["files"].items():
+        diff = meta["checked"]["max_abs_log_probability_difference"][fmt]
+        emit(f"{fmt}: {storage.join(target, name)} (scores as the checkpoint does, to within {diff:.1g})")
+    emit(f"metadata: {storage.join(target, export.METADATA)}; exported in {time.perf_counter() - start:.1f}s")
+    return 0
