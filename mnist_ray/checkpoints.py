@@ -2,11 +2,13 @@
 
 Everything in it is tensors and plain Python values, so it loads with
 ``torch.load(..., weights_only=True)``: a checkpoint can never run code on load. The config
-travels with the weights, so a model is rebuilt from its checkpoint alone.
+travels with the weights, so a model is rebuilt from its checkpoint alone; so does the input
+normalisation it was trained with, so it is scored with the same statistics.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnist_ray import models, storage
+from mnist_ray import data, models, storage
 from mnist_ray.errors import CheckpointError
 
 FILENAME = "model.pt"
@@ -25,6 +27,9 @@ BEST = "best_checkpoint/" + FILENAME
 FORMAT = 1
 RAY_DIR_PREFIX = "checkpoint_epoch_"
 """Ray Train's checkpoint folders are ``checkpoint_epoch_NNN`` (named by the training loop's report)."""
+LEGACY_NORMALIZATION = data.Normalization(0.1307, 0.3081)
+"""What checkpoints that predate the ``normalization`` entry were trained with: MNIST's figures, for
+both datasets (the loop used them for Fashion-MNIST too), so that is what they are scored with."""
 
 
 def save(
@@ -35,13 +40,19 @@ def save(
     config: dict[str, Any],
     epoch: int,
     history: list[dict[str, Any]],
+    normalization: data.Normalization | None = None,
 ) -> Path:
-    """Write ``model.pt`` into ``directory`` (temp name, then rename) and return its path."""
+    """Write ``model.pt`` into ``directory`` (temp name, then rename) and return its path.
+
+    ``normalization``: the statistics the model was trained with (default: its dataset's own).
+    """
     path = Path(directory) / FILENAME
+    stats = normalization or data.DATASET_INFO[config["dataset"]].normalization
     state = {
         "format": FORMAT,
         "model": config["model"],
         "dataset": config["dataset"],
+        "normalization": {"mean": float(stats.mean), "std": float(stats.std)},
         "config": config,
         "epoch": epoch,
         "history": history,
@@ -104,6 +115,16 @@ def _check_layout(state: Any, name: str) -> None:
     for key in ("model", "dataset"):
         if state[key] not in CHOICES[key]:
             raise CheckpointError(f"{name} names an unknown {key} {state[key]!r}; valid: {', '.join(CHOICES[key])}")
+    stats = state.get("normalization", {"mean": 0.0, "std": 1.0})  # absent: an older checkpoint, still valid
+    numbers = isinstance(stats, dict) and all(isinstance(stats.get(k), float) for k in ("mean", "std"))
+    if not numbers or not (math.isfinite(stats["mean"]) and math.isfinite(stats["std"]) and stats["std"] > 0):
+        raise CheckpointError(f"{name} is a damaged mnist_ray checkpoint (normalization {stats!r})")
+
+
+def normalization(state: dict[str, Any]) -> data.Normalization:
+    """The input statistics a loaded checkpoint was trained with (older checkpoints: MNIST's, as they were)."""
+    stats = state.get("normalization")
+    return data.Normalization(stats["mean"], stats["std"]) if stats else LEGACY_NORMALIZATION
 
 
 def publish_best(checkpoint: Any, run_dir: str) -> str:

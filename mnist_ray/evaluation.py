@@ -77,11 +77,12 @@ class Predictor:
         self.device = torch.device("cuda" if use_gpu else "cpu")
         state = checkpoints.load(source["path"]) if "path" in source else ray.get(source["ref"][0])
         self.model = checkpoints.build_model(state).to(self.device)
+        self.stats = checkpoints.normalization(state)  # the statistics it was trained with
 
     def log_probs(self, images: np.ndarray) -> Any:
         """Log-probabilities (N, classes) of uint8 (N, 28, 28) images, a tensor on the model's device."""
         torch = self.torch
-        x = data.normalize(images).to(self.device)
+        x = data.normalize(images, self.stats).to(self.device)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
             logits = self.model(x).float()
         return torch.log_softmax(logits, 1)

@@ -97,8 +97,8 @@ def epoch_generator(cfg: TrainConfig, epoch: int, rank: int, device: torch.devic
     return torch.Generator(device=device if on_gpu else "cpu").manual_seed(seed)
 
 
-def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Batched random rotation (±10°), scale (0.9–1.1) and shift (±2 px) of normalised images.
+def random_affine(x: torch.Tensor, gen: torch.Generator, stats: data.Normalization | None = None) -> torch.Tensor:
+    """Batched random rotation (±10°), scale (0.9–1.1) and shift (±2 px) of images normalised with ``stats``.
 
     The random numbers come from ``gen`` on its own device (the CPU, or the GPU the images are on).
     """
@@ -109,17 +109,26 @@ def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    background = -data.MEAN / data.STD  # a black pixel after normalisation
+    background = (stats or data.DATASET_INFO["mnist"].normalization).background  # a black pixel, normalised
     return F.grid_sample(x - background, grid, align_corners=False) + background
 
 
 def shard(
-    x: np.ndarray, y: np.ndarray, rank: int, world: int, device: torch.device, equal: bool
+    x: np.ndarray,
+    y: np.ndarray,
+    rank: int,
+    world: int,
+    device: torch.device,
+    equal: bool,
+    stats: data.Normalization | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This worker's slice (every world-th image) of uint8 images and labels, as normalised tensors on ``device``."""
+    """This worker's slice (every world-th image) of uint8 images and labels, as tensors on ``device``.
+
+    Images are normalised with ``stats`` (the dataset's; None: MNIST's).
+    """
     n = (len(x) // world) * world if equal else len(x)  # equal shards keep DDP steps in lockstep
     idx = np.arange(rank, n, world)
-    return data.normalize(x[idx]).to(device), torch.from_numpy(y[idx]).to(device)
+    return data.normalize(x[idx], stats).to(device), torch.from_numpy(y[idx]).to(device)
 
 
 def _all_sum(values: list, device: torch.device) -> list[float]:
@@ -156,7 +165,7 @@ def train_steps(
         idx = perm[i * batch : (i + 1) * batch]
         xb, yb = x[idx], y[idx]
         if cfg.augment:
-            xb = random_affine(xb, gen)
+            xb = random_affine(xb, gen, data.DATASET_INFO[cfg.dataset].normalization)
         lr = optim.lr_at(epoch * steps + i, cfg.epochs * steps, cfg.lr, cfg.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -250,8 +259,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.cpus_per_worker)
     device = ray.train.torch.get_device()
-    train = shard(*ray.get(list(loop_config["train"])), rank, world, device, equal=True)
-    val = shard(*ray.get(list(loop_config["val"])), rank, world, device, equal=False)
+    stats = data.DATASET_INFO[cfg.dataset].normalization  # checkpoints.save stores the same, for scoring
+    train = shard(*ray.get(list(loop_config["train"])), rank, world, device, equal=True, stats=stats)
+    val = shard(*ray.get(list(loop_config["val"])), rank, world, device, equal=False, stats=stats)
 
     model = models.build(cfg.model, cfg.dropout, seed=cfg.seed)
     start_epoch, history, optimizer_state = _restore(model)
@@ -267,7 +277,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
-                checkpoints.save(
+                checkpoints.save(  # with the dataset's normalisation, the one used here
                     folder, model=model, optimizer=optimizer, config=cfg.to_dict(), epoch=epoch + 1, history=history
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(folder)

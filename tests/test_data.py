@@ -111,6 +111,20 @@ def test_download_failure_says_where_to_put_files_and_leaves_nothing(tmp_path):
 def test_fashion_mnist_from_debian_package():
     arrays = data.load("fashion-mnist")
     assert arrays.train_x.shape == (60000, 28, 28) and np.bincount(arrays.test_y).tolist() == [1000] * 10
+    x = data.normalize(arrays.train_x[:20000], data.DATASET_INFO["fashion-mnist"].normalization)
+    assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1) < 0.01  # its own statistics, not MNIST's
+
+
+def test_each_dataset_carries_its_own_statistics_and_class_names():
+    mnist, fashion = data.DATASET_INFO["mnist"], data.DATASET_INFO["fashion-mnist"]
+    assert (mnist.normalization.mean, mnist.normalization.std) == (0.1307, 0.3081)
+    assert (fashion.normalization.mean, fashion.normalization.std) == (0.2860, 0.3530)
+    assert mnist.classes == tuple("0123456789") and (mnist.noun, mnist.plural) == ("digit", "digits")
+    assert fashion.classes[0] == "T-shirt/top" and fashion.classes[9] == "Ankle boot" and len(fashion.classes) == 10
+    assert (fashion.noun, fashion.plural) == ("class", "classes")
+    images = np.zeros((2, 28, 28), dtype=np.uint8)
+    assert float(data.normalize(images, fashion.normalization).max()) == pytest.approx(fashion.normalization.background)
+    assert float(data.normalize(images).max()) == pytest.approx(-0.1307 / 0.3081)  # no stats: MNIST's
 
 
 def test_a_wheel_ships_the_mnist_files(tmp_path):
@@ -147,3 +161,37 @@ def test_a_wheel_ships_the_mnist_files(tmp_path):
     ):
         assert f"mnist_ray/datasets/mnist/{stem}.gz" in names
     assert "mnist_ray/jobs/train.py" in names
+
+
+def _checkpoint(folder, dataset: str, **kw):
+    from mnist_ray import checkpoints, models
+    from mnist_ray.config import TrainConfig
+
+    config = TrainConfig(dataset=dataset).to_dict()
+    model = models.build("cnn", seed=0)
+    return checkpoints.save(folder, model=model, optimizer=None, config=config, epoch=1, history=[], **kw)
+
+
+def test_a_checkpoint_is_scored_with_the_statistics_it_was_trained_with(tmp_path):
+    """Saved beside the weights; the evaluation's Predictor normalises with them; older checkpoints get MNIST's."""
+    import torch
+
+    from mnist_ray import checkpoints, evaluation
+    from mnist_ray.errors import CheckpointError
+
+    fashion = data.DATASET_INFO["fashion-mnist"].normalization
+    state = checkpoints.load(_checkpoint(tmp_path, "fashion-mnist"))
+    assert state["normalization"] == {"mean": 0.2860, "std": 0.3530} and checkpoints.normalization(state) == fashion
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    predictor = evaluation.Predictor({"path": str(tmp_path / "model.pt")})
+    model = checkpoints.build_model(state)
+    with torch.inference_mode():
+        expected = torch.log_softmax(model(data.normalize(images, fashion)), 1)
+        assert torch.allclose(predictor.log_probs(images), expected, atol=1e-5)
+        assert not torch.allclose(torch.log_softmax(model(data.normalize(images)), 1), expected, atol=1e-3)
+    del state["normalization"]  # as a checkpoint saved before it was stored: trained with MNIST's figures
+    torch.save(state, tmp_path / "old.pt")
+    assert checkpoints.normalization(checkpoints.load(tmp_path / "old.pt")) == checkpoints.LEGACY_NORMALIZATION
+    torch.save({**state, "normalization": {"mean": 0.1, "std": 0.0}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="damaged mnist_ray checkpoint \\(normalization"):
+        checkpoints.load(tmp_path / "bad.pt")
