@@ -58,6 +58,10 @@ def test_train_then_evaluate_through_the_job_server(head, trained, tmp_path):
     args = ["--run", str(run), "--reports", str(tmp_path / "reports"), "--run-id", "nightly", "--actors", "1"]
     status, logs = submit(head, "jobs/evaluate.py", *args)
     assert status == "SUCCEEDED", logs[-3000:]
+    # The default output is the job's own lines only: no core_worker.cc line, no Ray Data or token warnings.
+    ours = ("ray: joined", "evaluating ", "test accuracy ", "report: ", "summary: ")
+    driver = logs.split("Running entrypoint for job", 1)[1].splitlines()[1:]  # after the job server's own lines
+    assert driver and all(line.startswith(ours) for line in driver if line.strip()), logs[-3000:]
     metrics = pd.read_parquet(tmp_path / "reports" / "nightly" / "metrics.parquet")
     assert metrics["n"].iloc[0] == 10000 and metrics["checkpoint"].iloc[0].startswith(str(run))
     assert not list(REPO.glob("runs")) and not list(REPO.glob("reports"))  # nothing written in the working dir
