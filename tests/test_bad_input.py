@@ -130,6 +130,7 @@ def test_more_workers_than_the_cluster_fails_fast(tmp_path, capsys):
         (lambda p, good: p.write_bytes(os.urandom(4096)), "is corrupt or truncated (not a complete torch zip archive)"),
         (lambda p, good: torch.save({"format": 1}, p), "is a damaged mnist_ray checkpoint (missing or wrong: config"),
         (lambda p, good: torch.save({**torch.load(good), "dataset": "cifar"}, p), "names an unknown dataset 'cifar'"),
+        (lambda p, good: torch.save({**torch.load(good), "model": "resnet"}, p), "unknown model 'resnet'; valid: ann"),
         (lambda p, good: torch.save({**torch.load(good), "state_dict": [1, 2]}, p), "missing or wrong: state_dict"),
     ],
 )

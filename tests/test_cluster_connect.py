@@ -117,7 +117,7 @@ def test_a_local_start_says_so_in_one_line(tmp_path):
         out = subprocess.run(
             [sys.executable, "-c", code],
             cwd=REPO,
-            env=job_env(tmp_path, RAY_TMPDIR=ray_tmp, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"),
+            env=job_env(tmp_path, RAY_TMPDIR=ray_tmp),  # no loopback setting: the job puts its own Ray there
             capture_output=True,
             text=True,
             timeout=120,

@@ -26,6 +26,7 @@ from mnist_ray.errors import ConfigError
         ({"val_size": 60000}, "val_size must be in"),
         ({"label_smoothing": 1.0}, "label_smoothing must be in"),
         ({"val_size": 0}, "val_size must be in"),
+        ({"val_size": 1}, r"val_size 1 gives a worker no validation images: use --val-size >= --num-workers \(2\)"),
         ({"train_limit": 10}, "10 training images .* fewer than one batch of 128"),
         # every float is finite and every number in its field's range, by one rule (issue: bad inputs)
         ({"lr": float("inf")}, "lr must be a finite number.*--lr"),

@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -190,3 +191,18 @@ def test_ray_processes_started_by_the_tests_listen_on_loopback_only():
     listening = _listening(_descendants(os.getpid()))
     assert all(_on_loopback(line) for line in listening), listening
     assert len(listening) >= 3  # GCS, raylet, dashboard at least
+
+
+def test_the_lost_worker_line_says_when_the_restarts_are_used_up():
+    """The controller-side callback's lines, without a run: restarts counted, then the last one gives up."""
+    lines: list[dict] = []
+    callback = runner._QueueCallback(SimpleNamespace(put_nowait=lines.append), max_failures=1)
+    callback.after_report(None, [{"epoch": 3}], None)
+    callback.after_exception(None, {1: RuntimeError("Connection reset by peer\nmore detail")})
+    callback.after_exception(None, {0: RuntimeError("again")})
+    events = [m["event"] for m in lines if "event" in m]
+    assert events == [
+        "lost worker rank 1 (RuntimeError: Connection reset by peer); restarting from the epoch 3 checkpoint "
+        "(restart 1 of --max-failures 1)",
+        "lost worker rank 0 (RuntimeError: again); giving up: --max-failures 1 restarts used",
+    ]
