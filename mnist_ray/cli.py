@@ -103,6 +103,8 @@ def add_fields(
             kwargs["type"] = kind
             if nargs is not None:
                 kwargs.update(nargs=nargs, metavar=f.name.upper().split("_")[-1])
+            if nargs == "+":  # repeatable: --run A --run B (or --run A B); unset, build keeps the field's default
+                kwargs.update(action="extend", default=None)
             choices = CHOICES.get(f.name) or (CHOICES.get(f.name.removesuffix("s")) if nargs else None)
             if choices:  # a tuple field named in the plural (optimizers) takes the singular's choices
                 kwargs.update(choices=choices, metavar=None)

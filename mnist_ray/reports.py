@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_ray import evaluation, plots, storage
+from mnist_ray import data, evaluation, plots, storage
 from mnist_ray.config import check_name
 from mnist_ray.errors import MnistRayError
 
@@ -48,9 +48,10 @@ def write_report(
     min_accuracy: float | None = None,
 ) -> dict[str, Any]:
     """Write every report file for ``ev`` into ``target`` (complete or absent) and rebuild the history."""
+    info = data.DATASET_INFO[ev.dataset]
     preds = ev.predictions
-    matrix, errors = evaluation.confusion(preds), evaluation.digit_errors(preds)
-    classes = evaluation.per_class(matrix)
+    matrix = evaluation.confusion(preds)
+    errors, classes = named(evaluation.digit_errors(preds), info), named(evaluation.per_class(matrix), info)
     summary = evaluation.summary_metrics(preds)
     metrics = {
         "run_id": target.rstrip("/").rsplit("/", 1)[-1],
@@ -69,17 +70,59 @@ def write_report(
         preds[["index", "label", "predicted", "confidence", "correct"]].to_parquet(
             tmp / "predictions.parquet", index=False
         )
-        _confusion_frame(matrix).to_parquet(tmp / "confusion_matrix.parquet", index=False)
+        confusion_frame(matrix, info).to_parquet(tmp / "confusion_matrix.parquet", index=False)
         errors.to_parquet(tmp / "digit_errors.parquet", index=False)
         classes.to_parquet(tmp / "per_class.parquet", index=False)
-        title = f"{ev.model} on {ev.dataset} test set"
-        plots.plot_confusion(matrix, tmp / "confusion_matrix.png", title=title)
-        plots.plot_digit_errors(errors, tmp / "digit_errors.png", title=title)
-        _gallery(ev, tmp / "misclassified.png")
-        (tmp / "summary.md").write_text(_summary(metrics, errors, classes))
+        _figures(ev, matrix, errors, info, tmp)
+        (tmp / "summary.md").write_text(_summary(metrics, errors, classes, info))
         storage.publish_dir(tmp, target, overwrite=overwrite)
     rebuild_history(target.rstrip("/").rsplit("/", 1)[0])
     return metrics
+
+
+def named(table: pd.DataFrame, info: data.DatasetInfo) -> pd.DataFrame:
+    """A per-class table with its label column called what the dataset calls a class, then the class's name.
+
+    MNIST keeps ``digit`` (names "0"-"9"); Fashion-MNIST gets ``class`` and "T-shirt/top", ... One
+    mechanism for every dataset: the names and the noun come from its :class:`~mnist_ray.data.DatasetInfo`.
+    """
+    table = table.rename(columns={"digit": info.noun})
+    table.insert(1, "name", [info.classes[int(c)] for c in table[info.noun]])
+    return table
+
+
+def confusion_frame(matrix: np.ndarray, info: data.DatasetInfo) -> pd.DataFrame:
+    """The confusion matrix as rows of (true, predicted, count), with both classes' names."""
+    true, predicted = np.indices(matrix.shape)
+    names = np.asarray(info.classes)
+    return pd.DataFrame(
+        {
+            "true": true.ravel(),
+            "predicted": predicted.ravel(),
+            "count": matrix.ravel(),
+            "true_name": names[true.ravel()],
+            "predicted_name": names[predicted.ravel()],
+        }
+    )
+
+
+def _figures(
+    ev: evaluation.Evaluation, matrix: np.ndarray, errors: pd.DataFrame, info: data.DatasetInfo, tmp: Path
+) -> None:
+    """The report's PNGs: confusion matrix, errors per class and the most confident mistakes, classes by name."""
+    title = f"{ev.model} on {ev.dataset} test set"
+    plots.plot_confusion(matrix, tmp / "confusion_matrix.png", class_names=info.classes, title=title)
+    plots.plot_digit_errors(errors, tmp / "digit_errors.png", title=title, class_names=info.classes, noun=info.noun)
+    wrong = ev.predictions[~ev.predictions["correct"]].nlargest(GALLERY, "confidence")  # most confident first
+    idx = wrong["index"].to_numpy()
+    plots.plot_misclassified(
+        ev.images[idx],
+        wrong["label"].to_numpy(),
+        wrong["predicted"].to_numpy(),
+        wrong["confidence"].to_numpy(),
+        tmp / "misclassified.png",
+        class_names=info.classes,
+    )
 
 
 def evaluate_to_report(
@@ -103,24 +146,21 @@ def run_evaluation(
     **predict_kwargs: Any,
 ) -> dict[str, Any]:
     """Score a prepared checkpoint with Ray Data and write its report to ``target``; returns its metrics."""
+    return score_and_report(prep, target, overwrite, min_accuracy, **predict_kwargs)[1]
+
+
+def score_and_report(
+    prep: evaluation.Prepared,
+    target: str,
+    overwrite: bool = False,
+    min_accuracy: float | None = None,
+    **predict_kwargs: Any,
+) -> tuple[evaluation.Evaluation, dict[str, Any]]:
+    """:func:`run_evaluation`, also returning the predictions (a comparison of models reuses them)."""
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     ev = evaluation.predict(prep, **predict_kwargs)
-    return write_report(ev, target, started_at, time.perf_counter() - start, overwrite, min_accuracy)
-
-
-def _confusion_frame(matrix: np.ndarray) -> pd.DataFrame:
-    true, predicted = np.indices(matrix.shape)
-    return pd.DataFrame({"true": true.ravel(), "predicted": predicted.ravel(), "count": matrix.ravel()})
-
-
-def _gallery(ev: evaluation.Evaluation, path: Path) -> Path:
-    """The most confident mistakes first."""
-    wrong = ev.predictions[~ev.predictions["correct"]].nlargest(GALLERY, "confidence")
-    idx = wrong["index"].to_numpy()
-    return plots.plot_misclassified(
-        ev.images[idx], wrong["label"].to_numpy(), wrong["predicted"].to_numpy(), wrong["confidence"].to_numpy(), path
-    )
+    return ev, write_report(ev, target, started_at, time.perf_counter() - start, overwrite, min_accuracy)
 
 
 def rebuild_history(reports: str) -> pd.DataFrame:
@@ -133,8 +173,8 @@ def rebuild_history(reports: str) -> pd.DataFrame:
     rows = []
     for run_id in sorted(storage.list_dirs(reports)):
         folder = storage.join(reports, run_id)
-        if not storage.is_complete(folder):
-            continue  # being written, or interrupted: never part of the history
+        if not storage.is_complete(folder) or not storage.is_file(storage.join(folder, "metrics.parquet")):
+            continue  # being written or interrupted, or a comparison of models: never part of the history
         try:
             with storage.local_copy(storage.join(folder, "metrics.parquet")) as local:
                 rows.append(pd.read_parquet(local))
@@ -152,7 +192,8 @@ def rebuild_history(reports: str) -> pd.DataFrame:
     return history
 
 
-def _summary(m: dict[str, Any], errors: pd.DataFrame, classes: pd.DataFrame) -> str:
+def _summary(m: dict[str, Any], errors: pd.DataFrame, classes: pd.DataFrame, info: data.DatasetInfo) -> str:
+    noun = info.noun
     lines = [
         f"# Evaluation {m['run_id']}",
         "",
@@ -162,25 +203,25 @@ def _summary(m: dict[str, Any], errors: pd.DataFrame, classes: pd.DataFrame) -> 
         f"- macro precision {m['macro_precision']:.4f}, recall {m['macro_recall']:.4f}, F1 {m['macro_f1']:.4f}",
         f"- started {m['started_at']}, took {m['seconds']:.1f} s",
         "",
-        "## Digits ranked by errors (ascending)",
+        f"## {info.plural.capitalize()} ranked by errors (ascending)",
         "",
-        "| rank | digit | errors | total | error rate |",
-        "|---:|---:|---:|---:|---:|",
-        *(f"| {r.rank} | {r.digit} | {r.errors} | {r.total} | {r.error_rate:.2%} |" for r in errors.itertuples()),
+        f"| rank | {noun} | errors | total | error rate |",
+        "|---:|---|---:|---:|---:|",
+        *(f"| {r.rank} | {r.name} | {r.errors} | {r.total} | {r.error_rate:.2%} |" for r in errors.itertuples()),
         "",
-        "## Per digit",
+        f"## Per {noun}",
         "",
-        "| digit | precision | recall | F1 | support |",
-        "|---:|---:|---:|---:|---:|",
+        f"| {noun} | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
         *(
-            f"| {r.digit} | {r.precision:.4f} | {r.recall:.4f} | {r.f1:.4f} | {r.support} |"
+            f"| {r.name} | {r.precision:.4f} | {r.recall:.4f} | {r.f1:.4f} | {r.support} |"
             for r in classes.itertuples()
         ),
         "",
         "## Figures",
         "",
         "![confusion matrix](confusion_matrix.png)",
-        "![errors per digit](digit_errors.png)",
+        f"![errors per {noun}](digit_errors.png)",
         "![most confident mistakes](misclassified.png)",
         "",
     ]

@@ -131,3 +131,46 @@ def test_savefig_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     assert not path.exists()
     assert os.listdir(tmp_path) == []
     assert not plt.get_fignums()
+
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def _errors(noun: str = "digit") -> pd.DataFrame:
+    errors = pd.DataFrame({noun: [1, 0, 6, 3, 2, 4, 5, 7, 8, 9], "errors": [3, 5, 7, 9, 11, 12, 14, 15, 18, 21]})
+    errors["total"] = 1000
+    return errors
+
+
+def test_class_names_label_every_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fashion-MNIST's names on the axes and in the gallery titles (the same functions MNIST uses)."""
+    drawn: list[str] = []
+    save = plots._save
+
+    def keep_labels(fig: Figure, where: Path) -> Path:
+        drawn.extend(ax.get_title() for ax in fig.axes)
+        drawn.extend(t.get_text() for ax in fig.axes for t in ax.get_xticklabels())
+        return save(fig, where)
+
+    monkeypatch.setattr(plots, "_save", keep_labels)
+    path = tmp_path / "errors.png"
+    _check_png(path, plots.plot_digit_errors(_errors("class"), path, class_names=FASHION, noun="class"))
+    assert drawn[1:4] == ["Trouser", "T-shirt/top", "Shirt"]  # in the frame's (ranked) order
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    path = tmp_path / "misclassified.png"
+    _check_png(path, plots.plot_misclassified(images, [0, 9, 3], [6, 7, 0], [0.9, 0.8, 0.7], path, class_names=FASHION))
+    assert "true T-shirt/top\npred Shirt (0.90)" in drawn and "true Ankle boot\npred Sneaker (0.80)" in drawn
+
+
+def test_plot_comparison_and_disagreements(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    matrices = [rng.integers(0, 50, size=(10, 10)) for _ in range(3)]
+    panels = [(f"model {i}", m, _errors()) for i, m in enumerate(matrices)]
+    path = tmp_path / "comparison.png"
+    _check_png(path, plots.plot_comparison(panels, path))
+    assert mpimg.imread(path).shape[1] > 3 * 600  # one column per model
+    images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    rows = [("cnn wrong, ann right", images, np.arange(5), np.arange(1, 6), np.full(5, 0.9))]
+    rows.append(("ann wrong, cnn right", images[:0], np.arange(0), np.arange(0), np.arange(0.0)))  # none
+    path = tmp_path / "disagreements.png"
+    _check_png(path, plots.plot_disagreements(rows, path, class_names=FASHION))

@@ -3,6 +3,8 @@
 Writes <reports>/<run-id>/ (metrics, predictions, confusion matrix, digit error ranking, figures,
 summary.md), complete or absent, to a folder or an s3:// URI; rebuilds <reports>/history.parquet;
 exits 3 when --min-accuracy is not met (2 for bad input), so a scheduler can alert on each.
+Several --run (or --checkpoint) flags compare models: each gets its own report <run-id>-<run name>,
+and <reports>/compare-<run-id>/ puts them side by side (metrics, confusion matrices, disagreements).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import functools
 import sys
 from dataclasses import dataclass
 
-from mnist_ray import cli, cluster, evaluation, reports, storage
+from mnist_ray import cli, cluster, compare, evaluation, reports, storage
 from mnist_ray.config import DEFAULT_REPORTS, RayOptions, check_range, validate_fields
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, ConfigError
 
@@ -22,10 +24,10 @@ emit = functools.partial(print, flush=True)
 class EvalOptions:
     """Which checkpoint to score, how, and where its report goes."""
 
-    checkpoint: str | None = None
-    """A model.pt file or checkpoint folder (path or URI)."""
-    run: str | None = None
-    """A training run or sweep folder (path or URI): evaluates its best checkpoint."""
+    checkpoint: tuple[str, ...] = ()
+    """A model.pt file or checkpoint folder (path or URI); repeat the flag to compare models."""
+    run: tuple[str, ...] = ()
+    """A training run or sweep folder (path or URI): evaluates its best checkpoint; repeat the flag to compare runs."""
     models_dir: str | None = None
     """Evaluate the newest finished run under this folder or URI (default: ~/mnist_ray/runs)."""
     reports: str = DEFAULT_REPORTS
@@ -48,8 +50,10 @@ class EvalOptions:
     """Images per inference batch."""
 
     def __post_init__(self) -> None:
-        if sum(x is not None for x in (self.checkpoint, self.run, self.models_dir)) > 1:
-            raise ConfigError("pass only one of --checkpoint, --run and --models-dir")
+        if sum(bool(x) for x in (self.checkpoint, self.run, self.models_dir)) > 1:
+            raise ConfigError(
+                "pass only one of --checkpoint, --run and --models-dir (repeat --checkpoint or --run to compare)"
+            )
         validate_fields(self)
         if self.min_accuracy is not None:
             check_range("min_accuracy", self.min_accuracy, 0, 1, "[]", "--min-accuracy (a fraction, e.g. 0.99)")
@@ -57,22 +61,46 @@ class EvalOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags, pick and load the checkpoint, connect to Ray, evaluate, write the report."""
+    """Parse flags, pick and load the checkpoint(s), connect to Ray, evaluate, write the report(s)."""
     p = cli.parser(__doc__)
     cli.add_fields(p.add_argument_group("evaluation"), EvalOptions, EvalOptions())
     cli.add_fields(p.add_argument_group("ray"), RayOptions, RayOptions())
     args = p.parse_args(argv)
     opts, ray_opts = cli.build(EvalOptions, args), cli.build(RayOptions, args)
     cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
-    run_id = opts.run_id or reports.new_run_id()
-    checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
-    target = reports.check_run_dir(opts.reports, run_id, opts.overwrite)
-    prepared = evaluation.prepare(checkpoint, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
+    base = opts.run_id or reports.new_run_id()
+    sources = compare.resolve(opts.checkpoint, opts.run, opts.models_dir)
+    run_ids = compare.run_ids(sources, base) if len(sources) > 1 else [base]
+    targets = [reports.check_run_dir(opts.reports, run_id, opts.overwrite) for run_id in run_ids]
+    joint = reports.check_run_dir(opts.reports, compare.PREFIX + base, opts.overwrite) if len(sources) > 1 else None
+    prepared = compare.prepare_all(sources, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
     storage.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
     cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
-    emit(f"evaluating {checkpoint}")
-    m = reports.run_evaluation(
-        prepared,
+    results = [_evaluate(prep, target, opts, ray_opts) for prep, target in zip(prepared, targets, strict=True)]
+    if joint:
+        _compare(results, joint, opts.overwrite)
+    below = [m for _, m in results if m["passed"] is False]
+    if below:
+        named = [f"{m['accuracy']:.4f}" + (f" ({m['run_id']})" if joint else "") for m in below]
+        print(f"error: accuracy {', '.join(named)} is below --min-accuracy {opts.min_accuracy}", file=sys.stderr)
+        return EXIT_BELOW_THRESHOLD
+    return 0
+
+
+def _compare(results: list[compare.Result], target: str, overwrite: bool) -> None:
+    """Write the comparison of the models' results; print one line per model and where the comparison is."""
+    table = compare.write_comparison(results, target, overwrite)
+    for r in table.itertuples():
+        alone = f"{r.wrong_only_here} that only it gets wrong, {r.right_only_here} that only it gets right"
+        emit(f"{r.run_id} ({r.model}): accuracy {r.accuracy:.2%}, {r.errors} errors ({alone})")
+    emit(f"comparison: {target}\nsummary: {storage.join(target, 'summary.md')}")
+
+
+def _evaluate(prep: evaluation.Prepared, target: str, opts: EvalOptions, ray_opts: RayOptions) -> compare.Result:
+    """Score one prepared checkpoint and write its own report; print its figures and where the report is."""
+    emit(f"evaluating {prep.checkpoint}")
+    ev, m = reports.score_and_report(
+        prep,
         target,
         opts.overwrite,
         min_accuracy=opts.min_accuracy,
@@ -86,7 +114,4 @@ def main(argv: list[str] | None = None) -> int:
         f"on {m['n']} images in {m['seconds']:.1f}s"
     )
     emit(f"report: {target}\nsummary: {storage.join(target, 'summary.md')}")
-    if m["passed"] is False:
-        print(f"error: accuracy {m['accuracy']:.4f} is below --min-accuracy {opts.min_accuracy}", file=sys.stderr)
-        return EXIT_BELOW_THRESHOLD
-    return 0
+    return ev, m
