@@ -43,7 +43,7 @@ def reference(tiny_run, test_images) -> pd.DataFrame:
 def png(array: np.ndarray, mode: str = "L", size: int = 28) -> bytes:
     img = Image.fromarray(array).convert(mode)
     if size != 28:
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+        img = img.resize((size, size), Image.Resampling.NEAREST)
     out = io.BytesIO()
     img.save(out, "PNG")
     return out.getvalue()
