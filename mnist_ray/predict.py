@@ -175,7 +175,9 @@ def decode(raw: bytes) -> np.ndarray:
             return grayscale(ImageOps.exif_transpose(img))  # a phone photo's orientation tag
     except UnidentifiedImageError:
         raise ImageError("not an image (Pillow cannot identify the format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"corrupt or truncated image ({' '.join(str(exc).split())[:200]})") from None
 
 
