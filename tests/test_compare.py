@@ -102,10 +102,14 @@ def _run(root: Path, name: str, dataset: str = "mnist") -> str:
     return str(root / name)
 
 
-def test_the_same_run_twice_is_one_line_and_exit_2(tmp_path, capsys):
+def test_the_same_run_twice_or_mixed_flags_are_one_line_and_exit_2(tmp_path, capsys):
     run = _run(tmp_path, "cnn")
     result = call(evaluate.main, capsys, "--run", run, "--run", run + "/", "--reports", str(tmp_path / "r"))
     assert_one_line_error(result, f"--run {run} and --run {run}/ are the same checkpoint")
+    assert not (tmp_path / "r").exists()
+    checkpoint = run + "/best_checkpoint/model.pt"
+    result = call(evaluate.main, capsys, "--run", run, "--checkpoint", checkpoint, "--reports", str(tmp_path / "r"))
+    assert_one_line_error(result, "pass only one of --checkpoint, --run and --models-dir (repeat --checkpoint or --run")
     assert not (tmp_path / "r").exists()
 
 
