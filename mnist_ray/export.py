@@ -63,23 +63,14 @@ class ServingModel(nn.Module):
 
 
 def normalization(state: dict[str, Any]) -> tuple[float, float]:
-    """(mean, std) the checkpoint's model was trained with, after scaling pixels to [0, 1].
-
-    From ``checkpoints.normalization`` where checkpoints record their statistics, else the one pair
-    (``data.MEAN``, ``data.STD``) every dataset was trained with; :func:`check_export` proves the choice.
-    """
-    if hasattr(checkpoints, "normalization"):
-        stats = checkpoints.normalization(state)
-        return float(stats.mean), float(stats.std)
-    return data.MEAN, data.STD
+    """(mean, std) the checkpoint's model was trained with, after scaling pixels to [0, 1]."""
+    stats = checkpoints.normalization(state)
+    return float(stats.mean), float(stats.std)
 
 
-def class_names(dataset: str) -> list[str] | None:
-    """Class names by label index: the dataset's own where ``data`` records them (MNIST's are its digits)."""
-    names = getattr(data.DATASET_INFO.get(dataset), "classes", None)
-    if names is None and dataset == "mnist":
-        names = [str(d) for d in range(models.NUM_CLASSES)]
-    return list(names) if names is not None else None
+def class_names(dataset: str) -> list[str]:
+    """Class names by label index, from the dataset registry (MNIST's are its digits)."""
+    return list(data.DATASET_INFO[dataset].classes)
 
 
 def serving_model(state: dict[str, Any]) -> ServingModel:
@@ -184,18 +175,27 @@ def check_export(fmt: str, path: Path, pixels: np.ndarray, want: np.ndarray) -> 
     return diff
 
 
-def _versions(formats: tuple[str, ...]) -> dict[str, str]:
-    """Versions of the packages that made the exports (and that load them: torch for pt2)."""
+def _versions(folder: Path, formats: tuple[str, ...]) -> dict[str, str | int]:
+    """Versions of the packages that made (and checked) the exports, and the ONNX file's opset."""
     names = ["torch", *(ONNX_PACKAGES if "onnx" in formats else ())]
-    return {name: importlib.metadata.version(name) for name in names}
+    versions: dict[str, str | int] = {name: importlib.metadata.version(name) for name in names}
+    if "onnx" in formats:
+        import onnx
+
+        graph = onnx.load(str(folder / FORMATS["onnx"]), load_external_data=False)
+        versions["onnx_opset"] = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    return versions
 
 
-def metadata(state: dict[str, Any], checkpoint: str, files: dict[str, str], diffs: dict[str, float]) -> dict:
-    """The contents of export.json: how to call the exports and where their weights came from."""
+def metadata(state: dict[str, Any], checkpoint: str, folder: Path, diffs: dict[str, float]) -> dict:
+    """The contents of export.json: how to call the exports and where their weights came from.
+
+    ``diffs``: by format, the largest difference :func:`check_export` found.
+    """
     mean, std = normalization(state)
     best = max((h.get("val_acc", 0.0) for h in state["history"]), default=None)
     return {
-        "files": files,
+        "files": {fmt: FORMATS[fmt] for fmt in diffs},
         "input": {"name": INPUT, "dtype": "float32", "shape": ["batch", 1, 28, 28], "pixel_range": [0, 255]},
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", models.NUM_CLASSES], "meaning": "logits"},
         "classes": class_names(state["dataset"]),
@@ -208,13 +208,16 @@ def metadata(state: dict[str, Any], checkpoint: str, files: dict[str, str], diff
             "best_val_acc": best,
         },
         "checked": {"images": CHECK_IMAGES, "max_abs_log_probability_difference": diffs},
-        "versions": _versions(tuple(files)),
+        "versions": _versions(folder, tuple(diffs)),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def export(state: dict[str, Any], checkpoint: str, formats: tuple[str, ...], folder: Path) -> dict[str, Any]:
-    """Write each format and export.json into the local ``folder``, each file checked; the metadata written."""
+    """Write each format and export.json into the local ``folder``, each file checked; the metadata written.
+
+    ``checkpoint`` is where ``state`` was loaded from: the evaluation's scorer reads it for the check.
+    """
     module = serving_model(state)
     writers = {"pt2": write_pt2, "onnx": write_onnx}
     pixels = np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, 28, 28), dtype=np.uint8)
@@ -225,6 +228,6 @@ def export(state: dict[str, Any], checkpoint: str, formats: tuple[str, ...], fol
         writers[fmt](module, path)
         diffs[fmt] = check_export(fmt, path, pixels, want)
         log.debug("%s: largest logit difference %.3g", path.name, diffs[fmt])
-    meta = metadata(state, checkpoint, {fmt: FORMATS[fmt] for fmt in formats}, diffs)
+    meta = metadata(state, checkpoint, folder, diffs)
     (folder / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
     return meta

@@ -126,7 +126,7 @@ def check_local_cluster(home: Path, output: str, tmp: Path) -> None:
 
 
 def check_jobs(home: Path, output: str, tmp: Path) -> None:
-    """Training (then resuming by name), a small sweep and its best recipe, and the evaluation examples."""
+    """Training (then resuming by name), a small sweep and its best recipe, the evaluation and export examples."""
     runs, reports = home / "mnist_ray" / "runs", home / "mnist_ray" / "reports"
     assert pd.read_parquet(runs / "smoke" / "history.parquet")["epoch"].tolist() == [1, 2, 3]
     assert "epoch   3/3" in output and "epoch   1/3" not in output  # the second command resumed
@@ -140,6 +140,15 @@ def check_jobs(home: Path, output: str, tmp: Path) -> None:
     gate = pd.read_parquet(reports / "gate" / "metrics.parquet")
     assert not gate["passed"].iloc[0] and (reports / "smoke" / "MANIFEST.json").is_file()
     assert len(pd.read_parquet(reports / "history.parquet")) == 3
+    check_export(home)
+
+
+def check_export(home: Path) -> None:
+    """The Export example: the smoke run's best checkpoint as model.pt2 and model.onnx, published complete."""
+    folder, runs = home / "mnist_ray" / "exports" / "smoke", home / "mnist_ray" / "runs"
+    assert {p.name for p in folder.iterdir()} == {"model.pt2", "model.onnx", "export.json", "MANIFEST.json"}
+    meta = json.loads((folder / "export.json").read_text())
+    assert meta["source"]["checkpoint"] == str(runs / "smoke" / "best_checkpoint" / "model.pt")
 
 
 CHECKS: dict[str, Callable[[Path, str, Path], None]] = {
