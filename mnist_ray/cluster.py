@@ -89,10 +89,11 @@ def check_address(target: Target | None = None) -> Target:
     raise ResourceError(f"{target.source} points at {target.address}, where no Ray head answers: {fix}")
 
 
-def connect(num_cpus: int | None = None, verbose: bool = False) -> None:
+def connect(num_cpus: int | None = None, verbose: bool = False, dashboard: bool = True) -> None:
     """Start or join Ray once, print one ``ray: ...`` line saying which; quiet otherwise.
 
-    ``num_cpus`` only applies to a new local instance (all of this machine's CPUs by default).
+    ``num_cpus`` and ``dashboard`` only apply to a new local instance (all of this machine's CPUs by default).
+    Without the dashboard Ray starts about ten fewer processes; a sweep needs it (see below).
     """
     if ray.is_initialized():
         return
@@ -109,13 +110,19 @@ def connect(num_cpus: int | None = None, verbose: bool = False) -> None:
         # Token auth is on by default in Ray 2.60 and says so on every start; --verbose still shows it.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         output.quiet()
-    # Joining a cluster rejects num_cpus. The dashboard (on 127.0.0.1) must come up: Ray's state API needs it, and
-    # Ray Train's placement-group cleaner uses that API to free the CPUs of a run whose controller was killed (e.g.
-    # a Tune trial stopped by ASHA); without it those CPUs leak and later trials wait forever. So a local instance
-    # takes a free port, not a busy 8265.
-    kwargs = {"num_cpus": num_cpus, "dashboard_port": _free_port()} if target.address is None else {}
+    # Joining a cluster rejects num_cpus. A sweep's local instance needs the dashboard (on 127.0.0.1): Ray's state
+    # API needs it, and Ray Train's placement-group cleaner uses that API to free the CPUs of a run whose controller
+    # was killed (a Tune trial stopped by ASHA); without it those CPUs leak and later trials wait forever. So it
+    # takes a free port, not a busy 8265. A train or evaluation job's controller lives as long as its driver, and
+    # the local instance, with its placement groups, ends with the driver: it needs no dashboard.
+    kwargs = {}
     if target.address is None:
+        kwargs = {"num_cpus": num_cpus, "include_dashboard": dashboard}
+        kwargs.update({"dashboard_port": _free_port()} if dashboard else {})
         _loopback_only()
+        # One machine: no node of a local instance is preempted, so Train's preemption watcher (one more process
+        # per run, polling) has nothing to watch.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     try:
         with _own_address_for_ray_processes(target.address is None):
             ray.init(

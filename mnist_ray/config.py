@@ -259,7 +259,15 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class Tracking:
+    """Where a job logs its parameters, metrics and artifacts; see :mod:`mnist_ray.tracking`."""
+
+    mlflow_uri: str | None = None
+    """MLflow tracking URI, e.g. sqlite:///mlruns/mlflow.db or http://host:5000 (default: $MLFLOW_TRACKING_URI)."""
+
+
+@dataclass(frozen=True)
+class RunOptions(Tracking):
     """Where a run lives and how Ray Train treats it; not part of the model's identity."""
 
     name: str = "mnist"
@@ -304,6 +312,8 @@ class RayOptions:
     """CPUs for a new local Ray instance (ignored when joining a cluster); default: all of this machine's."""
     verbose: bool = False
     """Show Ray's own logs and progress bars."""
+    dashboard: bool = False
+    """Start Ray's dashboard with a new local instance (its web UI and state API); a sweep always starts it."""
 
     def __post_init__(self) -> None:
         validate_fields(self)

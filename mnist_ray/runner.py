@@ -6,6 +6,7 @@ The same :func:`make_trainer` builds the trainer for the train job and for every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import tempfile
@@ -21,7 +22,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from mnist_ray import checkpoints, data, plots, storage
+from mnist_ray import checkpoints, data, plots, storage, tracking
 from mnist_ray.config import RunOptions, TrainConfig, parse_json_object
 from mnist_ray.errors import ConfigError, ResourceError
 from mnist_ray.rendezvous import LoopbackTorchConfig
@@ -40,6 +41,7 @@ class TrainOutputs:
     config: str
     best_checkpoint: str
     best_metrics: dict[str, Any]
+    mlflow_run_id: str | None = None
 
 
 def check_fits(cfg: TrainConfig, trials: int = 1) -> None:
@@ -76,14 +78,19 @@ def put_data(cfg: TrainConfig, arrays: data.Arrays) -> dict[str, tuple]:
 
 
 def make_trainer(
-    cfg: TrainConfig, opts: RunOptions, data_refs: dict[str, tuple], callbacks: list[UserCallback] | None = None
+    cfg: TrainConfig,
+    opts: RunOptions,
+    data_refs: dict[str, tuple],
+    callbacks: list[UserCallback] | None = None,
+    mlflow: tracking.Run | None = None,
 ) -> TorchTrainer:
-    """A TorchTrainer for ``cfg`` that keeps the best checkpoints by validation accuracy."""
+    """A TorchTrainer for ``cfg`` that keeps the best checkpoints by validation accuracy (rank 0 logs to ``mlflow``)."""
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     backend = None if cfg.ddp_backend == "auto" else cfg.ddp_backend
+    tracked = {"mlflow": dataclasses.asdict(mlflow)} if mlflow else {}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), **data_refs},
+        train_loop_config={"config": cfg.to_dict(), **data_refs, **tracked},
         torch_config=LoopbackTorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -221,11 +228,13 @@ def train(
         check_fits(cfg)
     refs = put_data(cfg, arrays)
     storage.write_text(storage.join(opts.run_dir, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
-    result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs), on_epoch, opts.max_failures)
-    if result.error:
-        raise result.error
-    prune_checkpoints(result, storage.join(opts.storage, opts.name))
-    return write_outputs(result, opts.run_dir, cfg)
+    run = tracking.start_training(cfg, opts)  # None unless --mlflow-uri
+    with tracking.ended(run):
+        result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs, run), on_epoch, opts.max_failures)
+        if result.error:
+            raise result.error
+        prune_checkpoints(result, storage.join(opts.storage, opts.name))
+        return tracking.log_training(run, write_outputs(result, opts.run_dir, cfg))
 
 
 def prune_checkpoints(result, folder: str) -> list[str]:

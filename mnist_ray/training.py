@@ -2,7 +2,8 @@
 
 ``train_loop_per_worker`` receives the config as a dict plus object-store references to the
 uint8 train/validation arrays; each worker keeps only its shard, normalised once into tensors.
-``ray.train.report`` is the only place the loop talks to Ray.
+``ray.train.report`` is the only place the loop talks to Ray; in a run tracked in MLflow, rank 0 also
+logs each reported epoch there (:func:`mnist_ray.tracking.worker_logger`).
 
 On a GPU the step stays on the device: shards, shuffling and augmentation random numbers live
 there, and loss and accuracy are summed there, so the host reads a worker's figures once per
@@ -28,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_ray import checkpoints, data, models, optim
+from mnist_ray import checkpoints, data, models, optim, tracking
 from mnist_ray.config import TrainConfig
 
 EVAL_BATCH = 1024
@@ -270,6 +271,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     forward = forward_fn(model, device, speed)
+    mlflow = tracking.worker_logger(loop_config.get("mlflow"), rank)  # rank 0 of a tracked run: MLflow, else None
 
     for epoch in range(start_epoch, cfg.epochs):
         metrics = fit_epoch(model, forward, optimizer, train, val, cfg, epoch, rank, world, speed)
@@ -282,3 +284,5 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:03d}")
+        if mlflow:  # once its checkpoint is saved: a restarted worker group never logs an epoch twice
+            mlflow.log_metrics(metrics, step=epoch + 1)

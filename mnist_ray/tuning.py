@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import ray
@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from mnist_ray import data, optim, runner, storage, sweep_report
+from mnist_ray import data, optim, runner, storage, sweep_report, tracking
 from mnist_ray.config import CHOICES, RunOptions, TrainConfig, parse_json_object
 from mnist_ray.errors import ConfigError, ResourceError
 
@@ -126,6 +126,7 @@ class SweepResult:
     wall_s: float
     trials_run: int
     stopped_early: int
+    mlflow_run_id: str | None = None
 
 
 def fit_layout(
@@ -241,7 +242,10 @@ def make_tuner(
             name=run.name,
             storage_path=run.storage,
             verbose=0,
-            callbacks=[_TrialLog(list(space.param_space), cfg.epochs)],
+            callbacks=[
+                _TrialLog(list(space.param_space), cfg.epochs),
+                *tracking.tune_callbacks(run.mlflow_uri, run.name),
+            ],
         ),
     )
 
@@ -302,7 +306,8 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
         storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")
     grid = tuner.fit()
     wall_s = time.perf_counter() - start
-    return SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
+    out = SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
+    return replace(out, mlflow_run_id=tracking.log_sweep(run, out))  # with --mlflow-uri: reports, best checkpoint
 
 
 def load_spec(path: str) -> tuple[TrainConfig, SearchSpace, int | None, SweepOptions]:

@@ -13,8 +13,8 @@ import functools
 import sys
 from dataclasses import dataclass
 
-from mnist_ray import cli, cluster, compare, evaluation, reports, storage
-from mnist_ray.config import DEFAULT_REPORTS, RayOptions, check_range, validate_fields
+from mnist_ray import cli, cluster, compare, evaluation, reports, storage, tracking
+from mnist_ray.config import DEFAULT_REPORTS, RayOptions, Tracking, check_range, validate_fields
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, ConfigError
 
 emit = functools.partial(print, flush=True)
@@ -65,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
     cli.add_fields(p.add_argument_group("evaluation"), EvalOptions, EvalOptions())
     cli.add_fields(p.add_argument_group("ray"), RayOptions, RayOptions())
+    cli.add_fields(p.add_argument_group("tracking"), Tracking, Tracking())
     args = p.parse_args(argv)
     opts, ray_opts = cli.build(EvalOptions, args), cli.build(RayOptions, args)
     cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
+    mlflow_uri = tracking.check(cli.build(Tracking, args).mlflow_uri)  # MLflow installed, store usable
     base = opts.run_id or reports.new_run_id()
     sources = compare.resolve(opts.checkpoint, opts.run, opts.models_dir)
     run_ids = compare.run_ids(sources, base) if len(sources) > 1 else [base]
@@ -75,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     joint = reports.check_run_dir(opts.reports, compare.PREFIX + base, opts.overwrite) if len(sources) > 1 else None
     prepared = compare.prepare_all(sources, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
     storage.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
-    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
+    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
     results = [_evaluate(prep, target, opts, ray_opts) for prep, target in zip(prepared, targets, strict=True)]
+    for (_, m), target in zip(results, targets, strict=True):  # into each scored run's MLflow run, if tracked
+        tracking.log_evaluation(mlflow_uri, target, m)
     if joint:
         _compare(results, joint, opts.overwrite)
     below = [m for _, m in results if m["passed"] is False]

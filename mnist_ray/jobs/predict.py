@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in an actor
     items = predict.load(opts.input, opts.invert, opts.column)  # nothing readable: bad input, before Ray
     storage.check_writable(_parent(target), "--output")  # the first write, after every check that needs no Ray
-    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
+    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
     emit(f"predicting {len(items)} image(s) from {storage.normalize(opts.input)} with {checkpoint}")
     kwargs = {"use_gpu": opts.use_gpu, "batch_size": opts.batch_size, "progress": ray_opts.verbose}
     table = predict.predict(items, checkpoint, state, actors=opts.actors, **kwargs)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import functools
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from mnist_ray import cli, cluster, reports, runner, storage
+from mnist_ray import cli, cluster, reports, runner, storage, tracking
 from mnist_ray.config import DEFAULT_REPORTS, RayOptions, RunOptions, TrainConfig, check_name
 
 emit = functools.partial(print, flush=True)
@@ -47,21 +47,25 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, check everything that needs no Ray, connect, train, print where the outputs are."""
     cfg, opts, after, ray_opts = parse(argv)
     cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
+    opts = replace(opts, mlflow_uri=tracking.check(opts.mlflow_uri) or None)  # MLflow installed, store usable
     report_id = f"{opts.name}-{reports.new_run_id()}"
     arrays = runner.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
     if after.evaluate:
         check_name("report id", report_id)
         storage.check_writable(after.reports, "--reports")
-    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
+    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
     emit(headline(cfg, opts))
     out = runner.train(cfg, opts, runner.progress_printer(cfg, emit), arrays)
     print_outputs(out)
+    if out.mlflow_run_id:
+        emit(f"{'mlflow run':>16}: {out.mlflow_run_id} in {opts.mlflow_uri}")
     if after.evaluate:
         folder, m = reports.evaluate_to_report(
             out.best_checkpoint, after.reports, report_id, arrays=arrays, progress=ray_opts.verbose
         )
         emit(f"test accuracy {m['accuracy']:.2%}, test loss {m['loss']:.4f} ({m['n']} images)")
         emit(f"{'test report':>16}: {storage.join(folder, 'summary.md')}")
+        tracking.log_evaluation(opts.mlflow_uri, folder, m)  # into the run's MLflow run
     return 0
 
 

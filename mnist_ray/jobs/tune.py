@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import replace
 
-from mnist_ray import cli, cluster, tuning
+from mnist_ray import cli, cluster, tracking, tuning
 from mnist_ray.config import RayOptions, RunOptions
 
 emit = functools.partial(print, flush=True)
@@ -35,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     space, options = cli.build(tuning.SearchSpace, args), cli.build(tuning.SweepOptions, args)
     base = cli.config_from_args(args, JOB_DEFAULTS)
     cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
+    run = replace(run, mlflow_uri=tracking.check(run.mlflow_uri) or None)  # MLflow installed, store usable
     plan = tuning.preflight(base, space, options, run, workers=args.num_workers)  # None: derived from the cluster
-    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose)
+    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=True)
     out = tuning.sweep(plan, run, emit=emit)
     emit(
         f"{out.trials_run} trials in {out.wall_s:.0f}s, {out.stopped_early} stopped early by ASHA; "
@@ -44,4 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     for label in ("trials", "plot", "best_config", "best_checkpoint"):
         emit(f"{label:>16}: {getattr(out, label)}")
+    if out.mlflow_run_id:
+        emit(f"{'mlflow':>16}: experiment {tracking.sweep_experiment(run.name)} in {run.mlflow_uri}")
     return 0 if math.isfinite(out.best_val_acc) else 1
