@@ -16,16 +16,26 @@ JOB = ["jobs/train.py", "--preset", "smoke", "--epochs", "1"]
 LEVERS = {
     # Train V2's controller polls workers every 2 s: each report and the end of training wait for a poll.
     "health_check_interval": (
-        {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"},
-        {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": ""},
+        ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"}, []),
+        ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": ""}, []),
     ),
+    # Train's preemption watcher: one more actor process per run; a one-machine instance is never preempted.
+    "preemption_watcher": (
+        ({"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}, []),
+        ({"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": ""}, []),
+    ),
+    # The dashboard: about ten head-module processes started beside the job's local instance.
+    "dashboard": (({}, ["--dashboard"]), ({}, [])),
 }
-"""lever -> (Ray's default, this project's setting); an empty value means "what the code sets by default"."""
+"""lever -> (Ray's default, this project's setting), each (environment, extra flags); an empty value means "what the
+code sets by default"."""
 
 
-def overhead(env: dict[str, str], name: str) -> float:
+def overhead(setting: tuple[dict[str, str], list[str]], name: str) -> float:
     """Fixed overhead of one fresh job: wall minus the epoch's own seconds."""
-    wall, stdout = common.run([*JOB, "--output", str(common.WORK / "levers"), "--name", name], env=_env(env))
+    env, flags = setting
+    args = [*JOB, *flags, "--output", str(common.WORK / "levers"), "--name", name]
+    wall, stdout = common.run(args, env=_env(env))
     epoch_s = sum(float(s) for s in re.findall(r"img/s\s+([\d.]+)s", stdout))
     return wall - epoch_s
 
