@@ -1,0 +1,199 @@
+"""MLflow tracking against a real local store: a tracked run, its resume, its evaluations and a sweep, read back.
+
+Each Ray test logs into its own ``sqlite:`` store under tmp_path and reads the runs, parameters, per-epoch
+metric histories and artifacts back with ``mlflow.MlflowClient``. The fast tests check that without a URI
+nothing imports MLflow, and that every bad URI is one error line before Ray starts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_ray import tracking, tuning
+from mnist_ray.config import RunOptions, TrainConfig
+from mnist_ray.jobs import evaluate, train, tune
+from tests.conftest import REPO, REPORT_FILES, TINY
+from tests.helpers import JobResult, assert_one_line_error, call
+
+TINY_FLAGS = ["--epochs", "2", "--train-limit", "2048", "--val-size", "512", "--batch-size", "64", "--no-augment"]
+TINY_FLAGS += ["--lr", str(TINY["lr"])]
+EPOCH_METRICS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s", "images_per_s"}
+
+
+def _client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(uri)
+
+
+def _artifacts(client, run_id: str, folder: str = "") -> set[str]:
+    """Every artifact file of a run, as paths relative to its root."""
+    found = set()
+    for item in client.list_artifacts(run_id, folder or None):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_uris_resolve_to_absolute_stores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(tracking.ENV, raising=False)
+    assert tracking.resolve(None) == "" and tracking.resolve("") == ""
+    assert tracking.resolve("sqlite:///ml/mlflow.db") == f"sqlite:///{tmp_path}/ml/mlflow.db"
+    assert tracking.resolve(f"sqlite:///{tmp_path}/a.db") == f"sqlite:///{tmp_path}/a.db"
+    assert tracking.resolve("file:./mlruns") == tracking.resolve("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert tracking.resolve("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    monkeypatch.setenv(tracking.ENV, "sqlite:///from-env.db")
+    assert tracking.resolve(None) == f"sqlite:///{tmp_path}/from-env.db"
+    assert tracking.local_folder(tracking.resolve(None)) == tmp_path
+    assert tracking.run_dir_of("s3://b/runs/r1/best_checkpoint/model.pt") == "s3://b/runs/r1"
+    assert tracking.run_dir_of("/runs/r1/checkpoint_epoch_002") == "/runs/r1"
+
+
+def test_without_a_uri_nothing_imports_mlflow():
+    """Every job's modules, its flags parsed and the URI check passed, in a fresh interpreter: no MLflow."""
+    code = (
+        "import sys\n"
+        "from mnist_ray import runner, training, tuning, tracking, reports\n"
+        "from mnist_ray.jobs import train, tune, evaluate\n"
+        "train.parse(['--preset', 'smoke'])\n"
+        "assert tracking.check(None) == ''\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sqlalchemy', 'alembic')))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != tracking.ENV}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("sqlite://", "name the database file, e.g. sqlite:///mlruns/mlflow.db"),
+        ("foo://bar", "unknown store scheme 'foo': use sqlite:///path/mlflow.db or http://host:5000"),
+        ("sqlite:////proc/mnist_ray_ml/mlflow.db", "--mlflow-uri /proc/mnist_ray_ml: cannot write"),
+        ("file:{tmp}/mlruns", "MLflow 3 refuses file stores (set MLFLOW_ALLOW_FILE_STORE=true to allow one)"),
+        ("http://127.0.0.1:{port}", "no MLflow server answers"),
+    ],
+)
+def test_a_bad_uri_is_one_line_before_ray(uri, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = uri.format(tmp=tmp_path, port=_free_port())
+    result = call(train.main, capsys, "--output", str(tmp_path / "out"), "--mlflow-uri", uri)
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "out").exists()  # stopped before anything was written
+
+
+@pytest.mark.parametrize("job", [tune.main, evaluate.main])
+def test_tune_and_evaluate_check_the_uri_too(job, tmp_path, capsys):
+    assert_one_line_error(call(job, capsys, "--mlflow-uri", "sqlite://"), "name the database file")
+
+
+def test_mlflow_not_installed_is_one_line(tmp_path):
+    """A URI without the extra installed: the install command, exit 2, before anything else."""
+    code = (
+        "import sys; sys.modules['mlflow'] = None\n"
+        "from mnist_ray import cli; from mnist_ray.jobs import train\n"
+        f"sys.exit(cli.run(train.main, ['--output', '{tmp_path}/out', '--mlflow-uri', 'sqlite:///{tmp_path}/m.db']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(JobResult(out.returncode, out.stdout, out.stderr), "pip install '.[mlflow]'")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_tracked_run_its_resume_and_its_evaluations(tmp_path, capsys):
+    """One MLflow run per training run: parameters, each epoch once (across a resume), outputs, evaluations."""
+    uri, runs, reps = f"sqlite:///{tmp_path}/ml/mlflow.db", tmp_path / "runs", tmp_path / "reports"
+    base = [*TINY_FLAGS, "--name", "tracked", "--output", str(runs), "--mlflow-uri", uri]
+    first = call(train.main, capsys, *base, "--evaluate", "--reports", str(reps))
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = json.loads((runs / "tracked" / tracking.RECORD).read_text())
+    client = _client(uri)
+    run = client.get_run(record["run_id"])
+    assert f"mlflow run: {record['run_id']} in {uri}" in " ".join(first.stdout.split())
+    assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == tracking.EXPERIMENT
+    assert run.data.params == {k: str(v) for k, v in TrainConfig(**TINY).to_dict().items()}
+    assert EPOCH_METRICS <= set(run.data.metrics) and {"best_val_acc", "test_accuracy"} <= set(run.data.metrics)
+    assert [step for step, _ in _history(client, run.info.run_id, "val_acc")] == [1, 2]
+    (report,) = [p.name for p in reps.iterdir() if p.is_dir()]
+    assert _artifacts(client, run.info.run_id) == {
+        "curves.png",
+        "history.parquet",
+        "config.json",
+        "best_checkpoint/model.pt",
+        *(f"evaluation/{report}/{name}" for name in REPORT_FILES),
+    }
+    assert (tmp_path / "ml" / "mlartifacts" / tracking.EXPERIMENT).is_dir()  # beside the store, not in the cwd
+
+    again = call(train.main, capsys, *base, "--epochs", "3")  # resumes: the same MLflow run, epoch 3 only
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = client.get_run(run.info.run_id)
+    assert [step for step, _ in _history(client, run.info.run_id, "val_acc")] == [1, 2, 3]
+    assert resumed.data.params["epochs"] == "2" and resumed.data.tags["resumed_with.epochs"] == "3"
+    assert json.loads((runs / "tracked" / tracking.RECORD).read_text()) == record
+    _evaluations_of_a_tracked_and_an_untracked_checkpoint(client, uri, runs / "tracked", tmp_path, capsys)
+
+
+def _evaluations_of_a_tracked_and_an_untracked_checkpoint(client, uri: str, run_dir: Path, tmp_path, capsys) -> None:
+    """The evaluation job: into the tracked run's MLflow run, and a run of its own for a loose checkpoint."""
+    loose = tmp_path / "loose" / "model.pt"
+    loose.parent.mkdir()
+    shutil.copy(run_dir / "best_checkpoint" / "model.pt", loose)
+    tracked = str(run_dir / "best_checkpoint" / "model.pt")
+    args = ["--checkpoint", tracked, "--checkpoint", str(loose), "--reports", str(tmp_path / "reports2")]
+    result = call(evaluate.main, capsys, *args, "--run-id", "ev", "--mlflow-uri", uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_id = json.loads((run_dir / tracking.RECORD).read_text())["run_id"]
+    assert len(_history(client, run_id, "test_accuracy")) == 2  # train --evaluate, then this evaluation
+    assert {f"evaluation/ev-tracked/{name}" for name in REPORT_FILES} <= _artifacts(client, run_id)
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    (own,) = client.search_runs([experiment], "attributes.run_name = 'evaluate-ev-loose'")
+    assert own.data.params["checkpoint"] == str(loose) and own.info.status == "FINISHED"
+    assert own.data.metrics["test_accuracy"] == pytest.approx(client.get_run(run_id).data.metrics["test_accuracy"])
+    assert _artifacts(client, own.info.run_id) == {f"evaluation/ev-loose/{name}" for name in REPORT_FILES}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.timeout(300, method="signal")
+@pytest.mark.flaky(reruns=1)
+def test_a_tracked_sweep_logs_each_trial_and_its_reports(tmp_path):
+    """Ray Tune's MLflowLoggerCallback: one run per trial (config, each epoch, Tune's files); a run of the sweep."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = RunOptions(name="tracked-sweep", output=str(tmp_path / "runs"), mlflow_uri=tracking.check(uri))
+    base = TrainConfig(**{**TINY, "epochs": 1})
+    space = tuning.SearchSpace(lr_values=(3e-3, 1e-3), optimizers=("adam",))
+    out = tuning.sweep(tuning.preflight(base, space, tuning.SweepOptions(num_samples=1), run), run)
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(tracking.sweep_experiment("tracked-sweep")).experiment_id
+    runs = client.search_runs([experiment])
+    trials = [r for r in runs if r.data.tags.get("mnist_ray.kind") == "trial"]
+    assert sorted(float(r.data.params["lr"]) for r in trials) == [1e-3, 3e-3]
+    for trial in trials:
+        assert trial.info.status == "FINISHED" and len(_history(client, trial.info.run_id, "val_acc")) == 1
+        files = _artifacts(client, trial.info.run_id)
+        assert {"params.json", "result.json"} <= files and any(f.startswith("events.out.tfevents") for f in files)
+    (summary,) = [r for r in runs if r.data.tags.get("mnist_ray.kind") == "sweep"]
+    assert summary.info.run_id == out.mlflow_run_id and summary.info.run_name == "tracked-sweep"
+    assert summary.data.metrics["best_val_acc"] == pytest.approx(out.best_val_acc)
+    assert summary.data.params["lr"] == str(json.loads(Path(out.best_config).read_text())["lr"])
+    expected = {"trials.parquet", "tune.png", "best.json", "best_checkpoint/model.pt"}
+    assert _artifacts(client, summary.info.run_id) == expected
+    assert json.loads((tmp_path / "runs" / "tracked-sweep" / tracking.RECORD).read_text())["run_id"] == out.mlflow_run_id
