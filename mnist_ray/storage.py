@@ -265,6 +265,7 @@ def publish_dir(local_dir: Path, dest: str, overwrite: bool = False) -> str:
     if not is_uri(dest):
         with _errors(dest), atomic_dir(dest, overwrite=overwrite) as tmp:  # the swap is atomic: old or new
             shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
+            os.chmod(tmp, 0o755)  # copytree copied the 0700 of a TemporaryDirectory; reports are meant to be shared
             (tmp / MANIFEST).write_text(_manifest(files))
         return dest
     remove_dir(dest)  # an overwritten or half-written folder: its manifest goes first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -221,3 +222,12 @@ def test_s3_unreachable_endpoint(prefix, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     message = one_line_error(storage.check_writable, prefix, "--output")
     assert message.startswith(f"--output {prefix}: cannot reach {endpoint}") and "AWS_ENDPOINT_URL" in message
+
+
+def test_a_published_folder_is_readable_by_others(tmp_path):
+    """Reports, predictions and exports are shared: the 0700 of the temp folder they were built in is not kept."""
+    with tempfile.TemporaryDirectory(dir=tmp_path) as built:
+        (Path(built) / "metrics.parquet").write_bytes(b"x")
+        storage.publish_dir(Path(built), str(tmp_path / "report"))
+    assert (tmp_path / "report").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "report" / "metrics.parquet").stat().st_mode & 0o044 == 0o044
