@@ -129,7 +129,7 @@ def _gallery_rows(results: Sequence[Result]) -> list[tuple]:
         alone = ~correct[i] & np.delete(correct, i, axis=0).all(0)
         wrong = ev.predictions[alone].nlargest(GALLERY, "confidence")
         others = ", ".join(m["run_id"] for j, (_, m) in enumerate(results) if j != i)
-        heading = f"{metrics['run_id']} ({metrics['model']}) wrong,\n{others} right:\n{int(alone.sum())} images"
+        heading = f"{metrics['run_id']}\n({metrics['model']}) wrong,\n{others} right:\n{int(alone.sum())} images"
         heading += ",\nmost confident first" if len(wrong) else ""
         idx = wrong["index"].to_numpy()
         rows.append((heading, ev.images[idx], *(wrong[c].to_numpy() for c in ("label", "predicted", "confidence"))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -167,8 +168,9 @@ def plot_disagreements(
         ax.axis("off")
     first = 0
     for (heading, images, labels, predicted, confidence), height in zip(rows, heights, strict=True):
-        if headed:
-            axes[first, 0].text(0, 0.5, heading, ha="left", va="center", fontsize=9, wrap=True)
+        if headed:  # wrapped to its cell by hand, and left out of tight_layout, which would shrink the images
+            text = "\n".join(textwrap.fill(line, 22) for line in heading.splitlines())
+            axes[first, 0].text(0, 0.5, text, ha="left", va="center", fontsize=8).set_in_layout(False)
         cells = axes[first : first + height, headed:].flat
         if len(images) == 0:
             next(cells).text(0.5, 0.5, "no misclassified images", ha="center", va="center", fontsize=12)
