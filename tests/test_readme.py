@@ -141,6 +141,18 @@ def check_jobs(home: Path, output: str, tmp: Path) -> None:
     assert not gate["passed"].iloc[0] and (reports / "smoke" / "MANIFEST.json").is_file()
     assert len(pd.read_parquet(reports / "history.parquet")) == 3
     check_export(home)
+    check_compare_and_predict(home)
+
+
+def check_compare_and_predict(home: Path) -> None:
+    """The notebook's comparison (smoke CNN vs smoke ANN) and the predictions on scanned-like PNGs and an IDX file."""
+    compare = home / "mnist_ray" / "notebook" / "compare-notebook"
+    assert (compare / "MANIFEST.json").is_file()
+    assert pd.read_parquet(compare / "comparison.parquet")["model"].tolist() == ["cnn", "ann"]
+    digits = pd.read_parquet(home / "mnist_ray" / "predictions" / "digits" / "predictions.parquet")
+    assert len(digits) == 8 and digits["error"].isna().all()
+    t10k = pd.read_parquet(home / "mnist_ray" / "predictions" / "t10k" / "predictions.parquet")
+    assert len(t10k) == 10000
 
 
 def check_export(home: Path) -> None:
