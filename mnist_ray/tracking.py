@@ -1,18 +1,10 @@
 """Experiment tracking in MLflow, only when a tracking URI is given (``--mlflow-uri`` or ``$MLFLOW_TRACKING_URI``).
 
-- A training run is one MLflow run in the experiment ``mnist_ray``. The driver creates it (parameters: the
-  TrainConfig) and keeps its id in ``<run>/tracking.json``, so a resumed run and later evaluations of its
-  checkpoints log into the same MLflow run. Rank 0 logs each epoch's metrics through Ray's ``setup_mlflow``;
-  the driver logs curves.png, history.parquet, config.json and the best checkpoint when the run ends.
-- A sweep is the experiment ``mnist_ray-sweep-<name>``: Ray Tune's ``MLflowLoggerCallback`` logs one MLflow run
-  per trial (its config, each epoch's metrics, Tune's trial files with the TensorBoard events), and a run named
-  after the sweep holds trials.parquet, tune.png, best.json and the best checkpoint.
-- An evaluation logs its test metrics and report files into the run of the training run (or sweep) it scored,
-  found through that run's ``tracking.json`` when it used the same store, else into a run of its own.
-
-``mlflow`` is imported only here and only once a URI is set: without one nothing is imported or changed.
-A local store must be a file every process reaches: ``sqlite:///path/mlflow.db`` (the ``mlflow`` extra brings
-SQLAlchemy for it). MLflow 3 refuses ``file:`` stores unless ``MLFLOW_ALLOW_FILE_STORE=true`` is set.
+A training run is one MLflow run (experiment ``mnist_ray``) that the driver creates, records in
+``<run>/tracking.json`` (so a resume and later evaluations log into it) and fills with its outputs; rank 0 logs
+each epoch through Ray's ``setup_mlflow``. A sweep is an experiment of its own: Tune's ``MLflowLoggerCallback``
+logs each trial, and a run named after the sweep holds its reports. An evaluation logs into the run it scored.
+Without a URI nothing here runs and ``mlflow`` is never imported. The README's tracking section tables it all.
 """
 
 from __future__ import annotations
@@ -23,6 +15,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +66,7 @@ def resolve(uri: str | None) -> str:
 def _scheme(uri: str) -> str:
     """The lower-case scheme of ``uri``, "" for a plain path."""
     match = _SCHEME.match(uri)
-    return match.group(1).lower() if match else ""
+    return match.group(1).lower().split("+")[0] if match else ""  # postgresql+psycopg2: postgresql
 
 
 def local_folder(uri: str) -> Path | None:
@@ -171,34 +164,35 @@ def check_nodes(uri: str) -> None:
         )
 
 
-def read_record(run_dir: str) -> Run | None:
-    """The MLflow run recorded in ``<run_dir>/tracking.json``, if any (a damaged record counts as none)."""
+def recorded_run(uri: str, run_dir: str) -> Run | None:
+    """The MLflow run ``<run_dir>/tracking.json`` records in this store, if it is still there (damaged: none)."""
     file = storage.join(run_dir, RECORD)
     try:
-        return Run(**json.loads(storage.read_text(file))) if storage.is_file(file) else None
-    except (ValueError, TypeError, UnicodeDecodeError, storage.StorageError):
-        return None
+        run = Run(**json.loads(storage.read_text(file))) if storage.is_file(file) else None
+        if run is not None and run.uri == uri:
+            _client(uri).get_run(run.run_id)
+            return run
+    except Exception:  # noqa: BLE001 - a damaged record, or a run deleted from the store: a new run is made
+        pass
+    return None
 
 
-def _recorded_run(uri: str, run_dir: str) -> Run | None:
-    """The run ``run_dir`` recorded for this store, if it still exists there."""
-    run = read_record(run_dir)
-    if run is None or run.uri != uri:
-        return None
-    try:
-        _client(uri).get_run(run.run_id)
-    except Exception:  # noqa: BLE001 - deleted or never there: a new run is made
-        return None
-    return run
-
-
-def _new_run(uri: str, experiment_name: str, name: str, tags: dict[str, str], run_dir: str) -> Run:
-    """Create an MLflow run and record it in ``<run_dir>/tracking.json``."""
+def _new_run(uri: str, experiment_name: str, name: str, tags: dict[str, str], record_in: str | None = None) -> Run:
+    """Create an MLflow run; with ``record_in``, record it in ``<record_in>/tracking.json``."""
     experiment_id = experiment(uri, experiment_name)
     info = _client(uri).create_run(experiment_id, run_name=name, tags=tags).info
     run = Run(uri, experiment_id, info.run_id)
-    storage.write_text(storage.join(run_dir, RECORD), json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+    if record_in:
+        storage.write_text(storage.join(record_in, RECORD), json.dumps(dataclasses.asdict(run), indent=2) + "\n")
     return run
+
+
+def log_metrics(run: Run, metrics: dict[str, Any]) -> None:
+    """Log single figures (step 0) in one request."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    _client(run.uri).log_batch(run.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
 def log_params(run: Run, params: dict[str, Any]) -> None:
@@ -217,7 +211,7 @@ def start_training(cfg: Any, opts: Any) -> Run | None:
     if not opts.mlflow_uri:
         return None
     check_nodes(opts.mlflow_uri)
-    run = _recorded_run(opts.mlflow_uri, opts.run_dir)
+    run = recorded_run(opts.mlflow_uri, opts.run_dir)
     if run is None:
         tags = {"mnist_ray.kind": "train", "mnist_ray.run_dir": opts.run_dir}
         run = _new_run(opts.mlflow_uri, EXPERIMENT, opts.name, tags, opts.run_dir)
@@ -271,10 +265,7 @@ def log_training(run: Run | None, out: Any) -> Any:
     """Log a finished run's outputs and best validation figures; ``out`` with its MLflow run id."""
     if run is None:
         return out
-    best = {f"best_{k}": float(out.best_metrics[k]) for k in ("val_acc", "val_loss", "epoch")}
-    client = _client(run.uri)
-    for key, value in best.items():
-        client.log_metric(run.run_id, key, value)
+    log_metrics(run, {f"best_{k}": out.best_metrics[k] for k in ("val_acc", "val_loss", "epoch")})
     log_files(run, {out.curves: "", out.history: "", out.config: "", out.best_checkpoint: "best_checkpoint"})
     return dataclasses.replace(out, mlflow_run_id=run.run_id)
 
@@ -304,9 +295,7 @@ def log_sweep(opts: Any, result: Any) -> str | None:
     run = _new_run(opts.mlflow_uri, sweep_experiment(opts.name), opts.name, tags, opts.run_dir)
     with ended(run):
         log_params(run, json.loads(storage.read_text(result.best_config)))
-        client = _client(run.uri)
-        for key in ("best_val_acc", "wall_s", "trials_run", "stopped_early"):
-            client.log_metric(run.run_id, key, float(getattr(result, key)))
+        log_metrics(run, {k: getattr(result, k) for k in ("best_val_acc", "wall_s", "trials_run", "stopped_early")})
         files = {result.trials: "", result.plot: "", result.best_config: ""}
         log_files(run, {**files, result.best_checkpoint: "best_checkpoint"})
     return run.run_id
@@ -326,19 +315,14 @@ def log_evaluation(uri: str | None, report_dir: str, metrics: dict[str, Any]) ->
     if not uri:
         return None
     report_id = metrics["run_id"]
-    run = _recorded_run(uri, run_dir_of(metrics["checkpoint"]))
-    context = contextlib.nullcontext()
-    if run is None:
+    run = recorded_run(uri, run_dir_of(metrics["checkpoint"]))
+    own = run is None
+    if own:
         tags = {"mnist_ray.kind": "evaluation", "mnist_ray.report": report_dir}
-        experiment_id = experiment(uri, EXPERIMENT)
-        info = _client(uri).create_run(experiment_id, run_name=f"evaluate-{report_id}", tags=tags).info
-        run = Run(uri, experiment_id, info.run_id)
+        run = _new_run(uri, EXPERIMENT, f"evaluate-{report_id}", tags)
         log_params(run, {k: metrics[k] for k in ("checkpoint", "model", "dataset")})
-        context = ended(run)
-    with context:
-        client = _client(uri)
-        for key in TEST_METRICS:
-            client.log_metric(run.run_id, f"test_{key}", float(metrics[key]))
+    with ended(run) if own else contextlib.nullcontext():
+        log_metrics(run, {f"test_{k}": metrics[k] for k in TEST_METRICS})
         log_files(run, report_files(report_dir, f"evaluation/{report_id}"))
     return run.run_id
 
