@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import socket
@@ -110,6 +111,7 @@ def check(uri: str | None) -> str:
 
 def _open(mlflow: Any, uri: str) -> None:
     """Open a local store (creating its tables on first use); MLflow's refusal becomes one ConfigError."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # not "Creating initial MLflow database..."
     try:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure to open the store is the user's URI

@@ -163,10 +163,29 @@ def check_export(home: Path) -> None:
     assert meta["source"]["checkpoint"] == str(runs / "smoke" / "best_checkpoint" / "model.pt")
 
 
+def check_tracking(home: Path, output: str, tmp: Path) -> None:
+    """The smoke run tracked in a SQLite store beside HOME: its parameters, epochs, outputs and evaluation."""
+    import mlflow
+
+    uri = f"sqlite:///{home}/mlruns/mlflow.db"
+    run_id = json.loads((home / "mnist_ray" / "runs" / "tracked" / "tracking.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.run_name == "tracked" and run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2]
+    assert run.data.metrics["test_accuracy"] > 0.9
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert names == {"curves.png", "history.parquet", "config.json", "best_checkpoint", "evaluation"}
+    assert (home / "mlruns" / "mlartifacts" / "mnist_ray").is_dir()  # beside the store: nothing in the checkout
+    assert f"mlflow run: {run_id} in {uri}" in " ".join(output.split())
+    assert re.search(r"^\s*tracked\s+FINISHED\s+0.004\s", output, re.M), "the listing shows the run and its lr"
+
+
 CHECKS: dict[str, Callable[[Path, str, Path], None]] = {
     "quick-start": check_quick_start,
     "jobs": check_jobs,
     "local-cluster": check_local_cluster,
+    "tracking": check_tracking,
 }
 
 

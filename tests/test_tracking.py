@@ -7,6 +7,7 @@ nothing imports MLflow, and that every bad URI is one error line before Ray star
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -18,6 +19,7 @@ import pytest
 
 from mnist_ray import tracking, tuning
 from mnist_ray.config import RunOptions, TrainConfig
+from mnist_ray.errors import ConfigError
 from mnist_ray.jobs import evaluate, train, tune
 from tests.conftest import REPO, REPORT_FILES, TINY
 from tests.helpers import JobResult, assert_one_line_error, call
@@ -102,6 +104,26 @@ def test_a_bad_uri_is_one_line_before_ray(uri, message, tmp_path, capsys, monkey
 @pytest.mark.parametrize("job", [tune.main, evaluate.main])
 def test_tune_and_evaluate_check_the_uri_too(job, tmp_path, capsys):
     assert_one_line_error(call(job, capsys, "--mlflow-uri", "sqlite://"), "name the database file")
+
+
+def test_a_local_store_is_refused_on_a_multi_node_cluster(tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])  # what ray.nodes() says of 2 nodes
+    with pytest.raises(ConfigError, match="this Ray cluster has 2 nodes .* use an MLflow server"):
+        tracking.check_nodes(tracking.resolve(f"sqlite:///{tmp_path}/mlflow.db"))
+    tracking.check_nodes("http://mlflow.internal:5000")  # a server every node reaches is fine
+
+
+def test_a_failed_or_interrupted_run_is_marked_so(tmp_path):
+    uri = tracking.check(f"sqlite:///{tmp_path}/mlflow.db")
+    client = _client(uri)
+    for error, status in [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED"), (None, "FINISHED")]:
+        run = tracking._new_run(uri, tracking.EXPERIMENT, status.lower(), {})
+        with pytest.raises(error) if error else contextlib.nullcontext(), tracking.ended(run):
+            if error:
+                raise error
+        assert client.get_run(run.run_id).info.status == status
 
 
 def test_mlflow_not_installed_is_one_line(tmp_path):
