@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,39 @@ def _own_address_for_ray_processes(local: bool):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def free_orphaned_placement_groups(settle_s: float = 2.0) -> int:
+    """Remove the placement groups this job created that no live actor uses; returns how many.
+
+    Ray Train hands each worker group's placement group to a cleaner actor. When Tune stops a trial just as the
+    trial's controller creates a worker group, the cleaner can miss it, and the group holds its CPUs for as long
+    as the driver lives: later sweeps on the same Ray wait forever. Call it only when no run of this job is
+    active (after a sweep). A group unused now and again after ``settle_s`` is an orphan. Needs the state API
+    (the dashboard); without it nothing is removed.
+    """
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.state import list_actors, list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+
+    def unused() -> set[str]:
+        alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000, raise_on_missing_output=False)
+        used = {a.placement_group_id for a in alive if a.placement_group_id}
+        groups = list_placement_groups(detail=True, limit=10_000, raise_on_missing_output=False)
+        return {g.placement_group_id for g in groups if g.creator_job_id == job and g.state != "REMOVED"} - used
+
+    try:
+        orphans = unused()
+        if orphans:
+            time.sleep(settle_s)
+            orphans &= unused()
+    except Exception as e:  # the state API is optional here: a missing dashboard must not fail a finished sweep
+        logging.getLogger(__name__).debug("placement groups not checked: %s", e)
+        return 0
+    for group in orphans:
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group)))
+    return len(orphans)
 
 
 def describe(target: Target) -> str:

@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from mnist_ray import data, optim, runner, storage, sweep_report, tracking
+from mnist_ray import cluster, data, optim, runner, storage, sweep_report, tracking
 from mnist_ray.config import CHOICES, RunOptions, TrainConfig, parse_json_object
 from mnist_ray.errors import ConfigError, ResourceError
 
@@ -306,6 +306,9 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
         storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")
     grid = tuner.fit()
     wall_s = time.perf_counter() - start
+    freed = cluster.free_orphaned_placement_groups()
+    if freed:
+        log.warning("freed %d placement group(s) that stopped trials left holding CPUs (a Ray Train race)", freed)
     out = SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
     return replace(out, mlflow_run_id=tracking.log_sweep(run, out))  # with --mlflow-uri: reports, best checkpoint
 

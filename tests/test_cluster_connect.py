@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -159,3 +160,30 @@ def test_a_local_instance_beside_another_gives_its_processes_their_own_address(t
     assert seen_by_worker == gcs and nodes == 1  # its own cluster, found without guessing
     assert driver_env is None  # the driver's own environment is left as it was
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_placement_groups_no_actor_uses_are_freed_and_used_ones_kept():
+    """What a sweep does after its trials: a group a stopped trial's controller left behind gives its CPU back."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    orphan, used = placement_group([{"CPU": 1}]), placement_group([{"CPU": 1}])
+    ray.get([orphan.ready(), used.ready()], timeout=60)
+    holder = ray.remote(num_cpus=1)(Holder).options(scheduling_strategy=PlacementGroupSchedulingStrategy(used)).remote()
+    try:
+        ray.get(holder.ping.remote(), timeout=60)
+        assert cluster.free_orphaned_placement_groups(settle_s=0.2) >= 1
+        assert placement_group_table(orphan)["state"] == "REMOVED"
+        assert placement_group_table(used)["state"] == "CREATED"
+    finally:
+        ray.kill(holder)
+        remove_placement_group(used)
+        with contextlib.suppress(Exception):
+            remove_placement_group(orphan)
+
+
+class Holder:
+    def ping(self) -> bool:
+        return True
