@@ -95,6 +95,31 @@ def goals() -> list[str]:
     return rows
 
 
+def levers() -> list[str]:
+    """One A/B table of Ray's fixed-cost levers: Ray's default against this project's setting, interleaved runs."""
+    r = _load("levers")
+    if not r:
+        return []
+    rows = [
+        f"Fixed overhead of `{r['command'].split('(', 1)[-1].rstrip(')')}` (wall minus epoch seconds), "
+        "interleaved pairs, each job a fresh process with its own local Ray. Command: "
+        f"`{r['command'].split('  (')[0]}`; measured {r.get('date', '')} on {r.get('machine', '')}.",
+        "",
+        "| lever | Ray's default: runs (median) | ours: runs (median) | saved (median) | kept |",
+        "|---|---|---|---|---|",
+    ]
+    for lever, v in r.items():
+        if not isinstance(v, dict) or "median_ours_s" not in v:
+            continue
+        saved = v["median_ray_default_s"] - v["median_ours_s"]
+        runs = ", ".join(f"{x:.1f}" for x in v["ray_default_s"]), ", ".join(f"{x:.1f}" for x in v["ours_s"])
+        rows.append(
+            f"| {lever} | {runs[0]} ({v['median_ray_default_s']:.1f} s) | {runs[1]} ({v['median_ours_s']:.1f} s) "
+            f"| {saved:+.1f} s | {'yes' if saved > 0 else 'no'} |"
+        )
+    return [*rows, ""]
+
+
 def details() -> list[str]:
     """One section per result file: the command, the machine and every figure."""
     out = []
@@ -129,6 +154,9 @@ def main() -> None:
         "|---|---|---|",
         *goals(),
         "",
+        "## Levers: A/B of Ray's fixed costs",
+        "",
+        *levers(),
         "## Notes",
         "",
         (common.REPO / "bench" / "NOTES.md").read_text() if (common.REPO / "bench" / "NOTES.md").is_file() else "",
