@@ -15,7 +15,13 @@ import pandas as pd
 
 from mnist_ray import checkpoints, data, output, storage
 from mnist_ray.config import DEFAULT_RUNS
-from mnist_ray.errors import CheckpointError, ResourceError
+from mnist_ray.errors import CheckpointError, ConfigError, ResourceError
+
+
+def check_one_source(checkpoint: str | None, run: str | None, models_dir: str | None) -> None:
+    """At most one of the three ways to name a checkpoint (none: the newest run under the default folder)."""
+    if sum(x is not None for x in (checkpoint, run, models_dir)) > 1:
+        raise ConfigError("pass only one of --checkpoint, --run and --models-dir")
 
 
 def resolve_checkpoint(checkpoint: str | None = None, run: str | None = None, models_dir: str | None = None) -> str:

@@ -301,6 +301,22 @@ def is_complete(dest: str) -> bool:
     return all(sizes.get(rel) == size for rel, size in listed.items())
 
 
+def check_new_folder(path: str, overwrite: bool) -> str:
+    """``path`` normalised, for a job's output folder: an existing one is refused unless ``overwrite``."""
+    target = normalize(path)
+    if not overwrite and exists(target):
+        raise StorageError(f"output {target} already exists: pass --overwrite or another --output")
+    return target
+
+
+def parent(path: str) -> str:
+    """The folder that receives ``path`` (a local publish assembles its temporary copy there)."""
+    if not is_uri(path):
+        return str(Path(path).parent)
+    scheme, rest = path.split("://", 1)
+    return f"{scheme}://{rest.rsplit('/', 1)[0]}" if "/" in rest else path
+
+
 def check_writable(path: str, flag: str) -> str:
     """Prove ``path`` writable before any work starts; a failure is one line naming ``flag``, the path and the fix."""
     # Creates the folder (locally mkdir -p; on S3 deleting the probe leaves an empty prefix marker, much the same).

@@ -9,7 +9,6 @@ back and checked against the checkpoint before it is published. Needs no Ray. ON
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from pathlib import Path
 
 from mnist_ray import checkpoints, cli, evaluation, export, reports, storage
 from mnist_ray.config import validate_fields
-from mnist_ray.errors import ConfigError, MnistRayError
 
 emit = functools.partial(print, flush=True)
 
@@ -43,26 +41,9 @@ class ExportOptions:
     """pt2 (torch.export program), onnx (needs the [onnx] extra) or all."""
 
     def __post_init__(self) -> None:
-        if sum(x is not None for x in (self.checkpoint, self.run, self.models_dir)) > 1:
-            raise ConfigError("pass only one of --checkpoint, --run and --models-dir")
+        evaluation.check_one_source(self.checkpoint, self.run, self.models_dir)
         export.parse_formats(self.format)
         validate_fields(self)
-
-
-def check_output(output: str | None, overwrite: bool) -> str:
-    """The output folder (path or URI); an existing one is refused unless ``overwrite``."""
-    target = storage.normalize(output or storage.join(DEFAULT_EXPORTS, reports.new_run_id()))
-    if not overwrite and storage.exists(target):
-        raise MnistRayError(f"output {target} already exists: pass --overwrite or another --output")
-    return target
-
-
-def _parent(path: str) -> str:
-    """The folder that receives the output folder (locally, its temporary copy is assembled beside it)."""
-    if not storage.is_uri(path):
-        return str(Path(path).parent)
-    scheme, rest = path.split("://", 1)
-    return f"{scheme}://{rest.rsplit('/', 1)[0]}" if "/" in rest else path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,15 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     formats = export.parse_formats(opts.format)
     if "onnx" in formats:
         export.check_onnx_available()
-    target = check_output(opts.output, opts.overwrite)
+    output = opts.output or storage.join(DEFAULT_EXPORTS, reports.new_run_id())
+    target = storage.check_new_folder(output, opts.overwrite)
     checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
     state = checkpoints.load(checkpoint)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail here, before any write
-    storage.check_writable(_parent(target), "--output")  # the first write, after every other check
+    storage.check_writable(storage.parent(target), "--output")  # the first write, after every other check
     emit(f"exporting {checkpoint} ({state['model']}, {state['dataset']}, epoch {state['epoch']})")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnist_ray-export-") as tmp:
-        os.chmod(tmp, 0o755)  # the published folder keeps this mode: readable by the serving side, like its files
         meta = export.export(state, checkpoint, formats, Path(tmp))
         storage.publish_dir(Path(tmp), target, opts.overwrite)
     for fmt, name in meta["files"].items():

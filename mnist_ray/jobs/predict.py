@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mnist_ray import checkpoints, cli, cluster, evaluation, predict, reports, storage
 from mnist_ray.config import RayOptions, check_range, validate_fields
-from mnist_ray.errors import ConfigError, MnistRayError
+from mnist_ray.errors import ConfigError
 
 emit = functools.partial(print, flush=True)
 
@@ -53,28 +53,11 @@ class PredictOptions:
     """Images per inference batch."""
 
     def __post_init__(self) -> None:
-        if sum(x is not None for x in (self.checkpoint, self.run, self.models_dir)) > 1:
-            raise ConfigError("pass only one of --checkpoint, --run and --models-dir")
+        evaluation.check_one_source(self.checkpoint, self.run, self.models_dir)
         if self.invert not in predict.INVERT:
             raise ConfigError(f"--invert must be one of {', '.join(predict.INVERT)}, got {self.invert!r}")
         validate_fields(self)
         check_range("actors", self.actors, 1, 1024, "[]", "--actors")
-
-
-def check_output(output: str | None, overwrite: bool) -> str:
-    """The output folder (path or URI); an existing one is refused unless ``overwrite``."""
-    target = storage.normalize(output or storage.join(DEFAULT_PREDICTIONS, reports.new_run_id()))
-    if not overwrite and storage.exists(target):
-        raise MnistRayError(f"output {target} already exists: pass --overwrite or another --output")
-    return target
-
-
-def _parent(path: str) -> str:
-    """The folder an output folder is published into (its temporary copy is assembled beside it, locally)."""
-    if not storage.is_uri(path):
-        return str(Path(path).parent)
-    scheme, rest = path.split("://", 1)
-    return f"{scheme}://{rest.rsplit('/', 1)[0]}" if "/" in rest else path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     if not opts.input:
         raise ConfigError("pass --input: a folder of images, an image, a Parquet or an IDX file (path or URI)")
     cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before reading anything
-    target = check_output(opts.output, opts.overwrite)
+    output = opts.output or storage.join(DEFAULT_PREDICTIONS, reports.new_run_id())
+    target = storage.check_new_folder(output, opts.overwrite)
     checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
     state = checkpoints.load(checkpoint, dataset=opts.dataset)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in an actor
     items = predict.load(opts.input, opts.invert, opts.column)  # nothing readable: bad input, before Ray
-    storage.check_writable(_parent(target), "--output")  # the first write, after every check that needs no Ray
+    storage.check_writable(storage.parent(target), "--output")  # the first write, after every check that needs no Ray
     cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
     emit(f"predicting {len(items)} image(s) from {storage.normalize(opts.input)} with {checkpoint}")
     kwargs = {"use_gpu": opts.use_gpu, "batch_size": opts.batch_size, "progress": ray_opts.verbose}
