@@ -94,8 +94,9 @@ def _join(backend: str, host: str, port: int, world_rank: int, world_size: int, 
     """On every rank: join the process group through the loopback store, gloo on the loopback interface."""
     timeout = datetime.timedelta(seconds=timeout_s)
     os.environ.update(MASTER_ADDR=host, MASTER_PORT=str(port))
-    if _has_interface(LOOPBACK_INTERFACE):
+    if _has_interface(LOOPBACK_INTERFACE):  # gloo's and NCCL's bootstrap sockets, like the store, on loopback
         os.environ.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK_INTERFACE)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", LOOPBACK_INTERFACE)
     if backend == "nccl":
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # as Ray's backend: fail on a stuck collective
     store = _STORE if world_rank == 0 else dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
