@@ -165,7 +165,8 @@ class TestOnGpu:
                 loss_sum, correct, _ = training.train_steps(model, optimizer, x, y, cfg, 1, gen)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+        # torch warns once that the debug mode itself is a prototype; every other such warning is a host sync.
+        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message) and "prototype" not in str(w.message)]
         assert syncs == [], f"{len(syncs)} host syncs in {len(x) // 256} steps: {syncs[:3]}"
         assert 0 < float(correct) <= len(x) and float(loss_sum) > 0
 

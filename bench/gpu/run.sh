@@ -17,6 +17,7 @@
 #   tests    pytest tests/test_gpu.py: the gpu-marked tests and the CPU ones
 #   fast     jobs/train.py start to exit, to >= 99.0% test accuracy  -> gpu_jobs.json "fast"
 #   default  jobs/train.py --preset gpu (the GPU default)            -> gpu_jobs.json "default"
+#   startup  fresh-process costs: import torch / CUDA / ray / mnist_ray, ray.init -> gpu_summary.json "startup"
 #   ab       plain loop, same GPU: each GPU switch off/on, batch sizes -> gpu_speed.json "ab"
 #   infer    Ray Data inference on the GPU vs a plain loop           -> gpu_inference.json
 #   compile  torch.compile (default, reduce-overhead) of the step    -> gpu_speed.json "compile"
@@ -26,6 +27,7 @@
 # Output in ${OUT:-bench/results}: gpu_summary.json gpu_jobs.json gpu_speed.json gpu_inference.json
 # run.log nvidia-smi.csv (6 files; the device tool brings back at most 8). Scratch: $GPU_BENCH_WORK.
 # Knobs: GPU_BUDGET_S (default 285: the whole script, install included), PYTHON (python3),
+# GPU_TESTS_K (a pytest -k expression: only those tests),
 # GPU_BENCH_DRY_RUN=1 (CPU smoke of every step at tiny sizes; needs an environment with Ray).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
@@ -42,7 +44,7 @@ export GPU_BENCH_OUT GPU_BENCH_WORK PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 export RAY_ADDRESS=local # every step starts its own Ray: never join a head another user started here
 mkdir -p "$GPU_BENCH_OUT" "$GPU_BENCH_WORK"
 STEPS=$GPU_BENCH_WORK/steps.tsv
-ALL="tests fast default ab infer compile best recipes"
+ALL="tests fast default startup ab infer compile best recipes"
 WANT=" ${*:-$ALL} "
 
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
@@ -103,9 +105,11 @@ main() {
   fi
   timeout 60 "$PY" -m bench.gpu.summary env
 
-  step tests 40 150 "$PY" -m pytest -q tests/test_gpu.py -p no:randomly -p no:cacheprovider --durations=0
+  step tests 40 150 "$PY" -m pytest -q tests/test_gpu.py -p no:randomly -p no:cacheprovider --durations=0 \
+    ${GPU_TESTS_K:+-k "$GPU_TESTS_K"}
   step fast 20 60 sh -c "$PY -m bench.gpu.jobs fast ${DRY[*]} --timeout \$((LIMIT - 8))"
   step default 45 100 sh -c "$PY -m bench.gpu.jobs default ${DRY[*]} --timeout \$((LIMIT - 8))"
+  step startup 15 45 "$PY" -m bench.gpu.summary startup
   step ab 20 70 sh -c "$PY -m bench.gpu.speed ab ${DRY[*]} --budget-s \$((LIMIT - 8))"
   step infer 25 60 "$PY" -m bench.gpu.infer "${DRY[@]}"
   step compile 45 100 sh -c "$PY -m bench.gpu.speed compile ${DRY[*]} --budget-s \$((LIMIT - 40))"

@@ -1,6 +1,7 @@
 """The GPU run's environment and its verdict on the issue's goals, from the other steps' result files.
 
     python -m bench.gpu.summary env          # device, driver, versions: gpu_summary.json "env"
+    python -m bench.gpu.summary startup      # what a fresh process pays before training: gpu_summary.json "startup"
     python -m bench.gpu.summary goals        # each goal, its figure, met or not: gpu_summary.json "goals"
 
 ``goals`` also reads run.sh's step log ($GPU_BENCH_WORK/steps.tsv: step, exit code, seconds) and the sampled
@@ -14,6 +15,8 @@ import csv
 import os
 import platform
 import subprocess
+import sys
+import time
 from typing import Any
 
 import torch
@@ -106,12 +109,35 @@ def steps() -> list[dict[str, Any]]:
     return [{"step": r[0], "status": r[1], "seconds": float(r[2]) if len(r) > 2 else None} for r in rows]
 
 
+STARTUP_PROBES = {
+    "import torch": "import torch",
+    "import torch + CUDA context": "import torch; torch.ones(1).to('cuda' if torch.cuda.is_available() else 'cpu')",
+    "import ray": "import ray",
+    "import mnist_ray.runner": "import mnist_ray.runner",
+    "ray.init + shutdown (all CPUs)": "import ray; ray.init(address='local', include_dashboard=False); ray.shutdown()",
+}
+"""Fresh-process costs that every job (driver) and Train worker pays before its first step, each timed alone."""
+
+
+def startup() -> dict[str, float]:
+    """Wall seconds of each probe in a fresh Python: the parts of a job's start-up that are not Ray Train's."""
+    times = {}
+    for name, code in STARTUP_PROBES.items():
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        times[name] = round(time.perf_counter() - t0, 2) if done.returncode == 0 else f"exit {done.returncode}"
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["env", "goals"])
+    p.add_argument("what", choices=["env", "startup", "goals"])
     args = p.parse_args()
     if args.what == "env":
         common.save("gpu_summary", "env", env())
+        return
+    if args.what == "startup":
+        common.save("gpu_summary", "startup", startup())
         return
     common.save("gpu_summary", "steps", steps())
     common.save("gpu_summary", "nvidia_smi_peak_memory_used_mib", smi_peak_mib())
