@@ -120,10 +120,100 @@ def levers() -> list[str]:
     return [*rows, ""]
 
 
+GPU_RUNS = (
+    "Run 1 (2026-11-26 12:49 UTC): `bash bench/gpu/run.sh`, the whole script in its 285 s budget; the `tests`, `fast` "
+    "and `default` steps ran (`default` was cut by the budget at epoch 29), the rest were skipped for time. Its files "
+    "are in `bench/results/gpu_run1/`. Run 2 (12:55 UTC, a fresh machine of the same kind): `GPU_BUDGET_S=425 "
+    "GPU_TESTS_K=never_waits bash bench/gpu/run.sh tests default startup ab infer compile best`, with run 1's "
+    "`gpu_jobs.json` put in `$OUT` first, so the `fast` row below is run 1's and every other figure is run 2's "
+    "(log: `bench/results/gpu_run2.log`). `best` did not fit either run and has no figure."
+)
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:,.0f}" if isinstance(v, (int, float)) and abs(v) >= 100 else str(v)
+
+
+def gpu() -> list[str]:
+    """The GPU section: goals, whole jobs, the plain-loop A/B, inference and start-up, from bench/gpu's files."""
+    summary, jobs, speed, infer = (_load(f"gpu_{n}") for n in ("summary", "jobs", "speed", "inference"))
+    if not summary:
+        return []
+    env = summary.get("env", {})
+    out = [
+        f"## GPU: one {summary.get('device')}",
+        "",
+        f"torch {env.get('torch')}, Ray {env.get('ray')}, Python {env.get('python')}, {env.get('cpu_count')} CPU "
+        f"cores, driver and clock {env.get('nvidia_smi')}. {GPU_RUNS}",
+        "",
+        "| goal | measured | status |",
+        "|---|---|---|",
+    ]
+    for g in summary.get("goals", []):
+        shown = {"test_accuracy": lambda v: _pct(v), "wall_s": lambda v: f"{v:.1f} s"}
+        figures = ", ".join(
+            f"{k} {'–' if v is None else shown.get(k, _fmt)(v)}" for k, v in g.items() if k not in ("goal", "met")
+        )
+        status = {True: "met", False: "**not met**", None: "not measured"}[g["met"]]
+        out.append(f"| {g['goal']} | {figures} | {status} |")
+    out += ["", "Whole `jobs/train.py` runs, process start to exit, then the best checkpoint on the 10k test set:", ""]
+    out += [
+        "| recipe | command | test accuracy | test loss | wall | to Ray | to first epoch | epochs | tail "
+        "| steady images/s | peak GPU MB (torch) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in (jobs or {}).items():
+        if not isinstance(r, dict) or "command" not in r:
+            continue
+        ph = r.get("phases") or {}
+        acc = _pct(r["test_accuracy"]) if r.get("test_accuracy") is not None else "–"
+        out.append(
+            f"| {name} | `{r['command']}` | {acc} | {r.get('test_loss', '–')} | {r['wall_s']:.1f} s "
+            f"| {ph.get('to_ray_connected_s', '–')} s | {ph.get('to_first_epoch_start_s', '–')} s "
+            f"| {ph.get('epochs_s', '–')} s | {ph.get('after_last_epoch_s', '–')} s "
+            f"| {_fmt(r.get('steady_images_per_s'))} | {_fmt(r.get('gpu_max_allocated_mb'))} |"
+        )
+    out += [
+        "",
+        "Plain training loop (the worker's own functions, no Ray) on the same GPU, 3 epochs of the `gpu` preset's "
+        "schedule each, all in one process in this order (`python -m bench.gpu.speed ab`, then `compile`). Steady "
+        "images/s is the median of epochs 2 and 3; first-epoch extra is epoch 1's time over a steady epoch's "
+        "(autotuning, compilation, allocation):",
+        "",
+        "| variant | batch | steady images/s | images/s by epoch | first-epoch extra | peak GPU MB (torch) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for section in ("ab", "compile"):
+        for name, r in (speed or {}).get(section, {}).items():
+            if isinstance(r, dict):
+                by_epoch = ", ".join(f"{x:,}" for x in r["images_per_s_by_epoch"])
+                out.append(
+                    f"| {name} | {r['batch_size']} | {r['images_per_s']:,} | {by_epoch} "
+                    f"| {r['first_epoch_extra_s']} s | {_fmt(r.get('gpu_max_allocated_mb'))} |"
+                )
+    if infer and (r := infer.get("ray_data")):
+        out += [
+            "",
+            f"Inference (`python -m bench.gpu.infer`): Ray Data with one GPU actor, batch {r['batch_size']}, "
+            f"{r['n']:,} images: {r['ray_data_images_per_s']:,} images/s including the actor's start "
+            f"({r['first_pass_s']} s for the first pass; bf16 test accuracy {_pct(r['test_accuracy_bf16'])}); "
+            f"a plain loop on the same GPU {r['plain_images_per_s']:,} images/s. On {r['n_big']:,} images: Ray Data "
+            f"{r['ray_data_images_per_s_big']:,} against plain {r['plain_images_per_s_big']:,} images/s "
+            f"(ratio {r['ratio_big']}).",
+        ]
+    if start := summary.get("startup"):
+        probes = "; ".join(f"{k} {v} s" for k, v in start.items())
+        out += ["", f"Fresh-process costs there (`python -m bench.gpu.summary startup`, each alone): {probes}."]
+    peak = summary.get("nvidia_smi_peak_memory_used_mib")
+    if peak:
+        out += ["", f"Peak GPU memory in nvidia-smi's 0.5 s samples (CUDA contexts included): {peak:,.0f} MiB."]
+    return [*out, ""]
+
+
 def details() -> list[str]:
-    """One section per result file: the command, the machine and every figure."""
+    """One section per CPU result file (the GPU ones have their own section): the command, machine, figures."""
     out = []
-    for path in sorted(common.RESULTS.glob("*.json")):
+    for path in sorted(p for p in common.RESULTS.glob("*.json") if not p.stem.startswith("gpu_")):
         r = json.loads(path.read_text())
         out += [
             f"### {path.stem}",
@@ -157,6 +247,7 @@ def main() -> None:
         "## Levers: A/B of Ray's fixed costs",
         "",
         *levers(),
+        *gpu(),
         "## Notes",
         "",
         (common.REPO / "bench" / "NOTES.md").read_text() if (common.REPO / "bench" / "NOTES.md").is_file() else "",
