@@ -72,11 +72,11 @@ def evaluate(run_dir: Path, run_id: str) -> tuple[float, dict]:
     return wall, pd.read_parquet(reports / run_id / "metrics.parquet").iloc[0].to_dict()
 
 
-def train(name: str, *flags: str) -> tuple[float, Path, str]:
-    """Train a fresh run with jobs/train.py; return (wall seconds, run folder, stdout)."""
+def train(name: str, *flags: str, env: dict[str, str] | None = None) -> tuple[float, Path, str]:
+    """Train a fresh run with jobs/train.py (``env`` added to its environment); return (wall s, run folder, stdout)."""
     import shutil
 
     out = WORK / "runs"
     shutil.rmtree(out / name, ignore_errors=True)
-    wall, stdout = run(["jobs/train.py", "--output", str(out), "--name", name, *flags])
+    wall, stdout = run(["jobs/train.py", "--output", str(out), "--name", name, *flags], env=env)
     return wall, out / name, stdout

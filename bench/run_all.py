@@ -1,5 +1,5 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
-sweep, overhead, cpu_profile, levers), then render docs/benchmarks.md.
+sweep, overhead, cpu_profile, levers, throughput_levers), then render docs/benchmarks.md.
 
 About 40 minutes on 2 cores; run nothing else meanwhile."""
 
@@ -15,6 +15,7 @@ from bench import accuracy, cpu_profile, evaluation, levers, overhead, render, s
 BENCHES = {
     "accuracy": accuracy.main,
     "throughput": throughput.main,
+    "throughput_levers": throughput.levers,
     "evaluation": evaluation.main,
     "sweep": sweep.main,
     "overhead": overhead.main,

@@ -37,8 +37,8 @@ def plain_loop(threads: int) -> float:
     return rate
 
 
-def ray_train(workers: int, cpus: int) -> float:
-    """images/s reported by a Ray Train run (second epoch)."""
+def ray_train(workers: int, cpus: int, env: dict[str, str] | None = None) -> float:
+    """images/s reported by a Ray Train run (second epoch); ``env`` adds to the job's environment."""
     flags = [
         "--no-augment",
         "--epochs",
@@ -54,7 +54,7 @@ def ray_train(workers: int, cpus: int) -> float:
         "--cpus-per-worker",
         str(cpus),
     ]
-    _, run_dir, _ = common.train(f"p1_{workers}x{cpus}", *flags)
+    _, run_dir, _ = common.train(f"p1_{workers}x{cpus}", *flags, env=env)
     return float(pd.read_parquet(run_dir / "history.parquet")["images_per_s"].iloc[-1])
 
 
@@ -76,6 +76,36 @@ def main() -> None:
         "throughput",
         {
             "command": "python bench/throughput.py",
+            "setup": SUBSET,
+            "runs_images_per_s": runs,
+            "median_images_per_s": med,
+            "ratio_vs_plain_2_threads": {k: round(v / base, 3) for k, v in med.items() if k.startswith("ray")},
+        },
+    )
+
+
+LEVERS = {
+    "ours (health check 0.1 s, Ray's worker niceness 15)": {},
+    "health check every 2.0 s (Ray's default)": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0"},
+    "workers at niceness 0": {"RAY_worker_niceness": "0"},
+}
+"""P1 levers for the 1 worker x 2 CPUs layout (both cores, one process): the job's environment for each."""
+
+
+def levers() -> None:
+    """A/B of what could make Ray 1 worker x 2 CPUs slower than a plain 2-thread loop: interleaved, medians of 3."""
+    runs: dict[str, list[float]] = {"plain 1 process x 2 threads": []}
+    runs.update({f"ray 1 worker x 2 CPUs, {name}": [] for name in LEVERS})
+    for _ in range(REPEATS):
+        runs["plain 1 process x 2 threads"].append(round(plain_loop(2)))
+        for name, env in LEVERS.items():
+            runs[f"ray 1 worker x 2 CPUs, {name}"].append(round(ray_train(1, 2, env)))
+    med = {name: common.median(v) for name, v in runs.items()}
+    base = med["plain 1 process x 2 threads"]
+    common.save(
+        "throughput_levers",
+        {
+            "command": "python bench/run_all.py throughput_levers",
             "setup": SUBSET,
             "runs_images_per_s": runs,
             "median_images_per_s": med,

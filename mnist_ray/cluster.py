@@ -185,36 +185,97 @@ def _own_address_for_ray_processes(local: bool):
 
 
 def free_orphaned_placement_groups(settle_s: float = 2.0) -> int:
-    """Remove the placement groups this job created that no live actor uses; returns how many.
+    """Remove the placement groups this job created that no actor uses; returns how many.
 
     Ray Train hands each worker group's placement group to a cleaner actor. When Tune stops a trial just as the
     trial's controller creates a worker group, the cleaner can miss it, and the group holds its CPUs for as long
-    as the driver lives: later sweeps on the same Ray wait forever. Call it only when no run of this job is
-    active (after a sweep). A group unused now and again after ``settle_s`` is an orphan. Needs the state API
-    (the dashboard); without it nothing is removed.
+    as the driver lives. Call it only when no run of this job is active (after a sweep); during one,
+    :class:`PlacementGroupReaper` does this for the worker groups alone. A group unused now and again after
+    ``settle_s`` is an orphan. Needs the state API (the dashboard); without it nothing is removed.
     """
-    from ray.util.placement_group import PlacementGroup
-    from ray.util.state import list_actors, list_placement_groups
-
-    job = ray.get_runtime_context().get_job_id()
-
-    def unused() -> set[str]:
-        alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000, raise_on_missing_output=False)
-        used = {a.placement_group_id for a in alive if a.placement_group_id}
-        groups = list_placement_groups(detail=True, limit=10_000, raise_on_missing_output=False)
-        return {g.placement_group_id for g in groups if g.creator_job_id == job and g.state != "REMOVED"} - used
-
     try:
-        orphans = unused()
+        orphans = _unused_groups(worker_groups_only=False)
         if orphans:
             time.sleep(settle_s)
-            orphans &= unused()
+            orphans &= _unused_groups(worker_groups_only=False)
     except Exception as e:  # the state API is optional here: a missing dashboard must not fail a finished sweep
         logging.getLogger(__name__).debug("placement groups not checked: %s", e)
         return 0
     for group in orphans:
-        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group)))
+        _remove_group(group)
     return len(orphans)
+
+
+def _unused_groups(worker_groups_only: bool) -> set[str]:
+    """Created placement groups of this job that no actor (alive, pending or restarting) uses.
+
+    ``worker_groups_only`` keeps the groups that reserve CPUs or GPUs: Ray Train's worker groups. A sweep's own
+    trial groups reserve memory only (``tuning.make_tuner``), and Tune creates them ahead of their actors.
+    """
+    from ray.util.state import list_actors, list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    actors = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+    used = {a.placement_group_id for a in actors if a.placement_group_id and a.state != "DEAD"}
+    groups = list_placement_groups(detail=True, limit=10_000, raise_on_missing_output=False)
+    mine = [g for g in groups if g.creator_job_id == job and g.state == "CREATED"]
+    if worker_groups_only:
+        mine = [g for g in mine if any({"CPU", "GPU"} & set(b["unit_resources"]) for b in g.bundles or [])]
+    return {g.placement_group_id for g in mine} - used
+
+
+def _remove_group(group_id: str) -> None:
+    from ray.util.placement_group import PlacementGroup
+
+    ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
+
+
+class PlacementGroupReaper:
+    """While a sweep runs: remove Ray Train worker groups that no actor has used for ``grace_s`` seconds.
+
+    Such a group is what the cleaner race above leaves when Tune stops a trial between its controller creating
+    the worker group and starting the workers. Mid-sweep, two such groups hold both CPUs of a 2-core machine, the
+    next trials' groups stay pending, and the sweep waits forever (seen in ``bench/sweep.py``, 2026-11-26). A live
+    worker group has actors within moments of being created, so ``grace_s`` unused means nobody will use it.
+    Checks every ``every_s`` seconds on a daemon thread; a state API that does not answer is skipped quietly.
+    """
+
+    def __init__(self, grace_s: float = 30.0, every_s: float = 10.0, on_free=None) -> None:
+        import threading
+
+        self.grace_s, self.every_s, self.freed = grace_s, every_s, 0
+        self._on_free = on_free or (lambda n: None)
+        self._unused_since: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="placement-group-reaper", daemon=True)
+
+    def __enter__(self) -> PlacementGroupReaper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.check(time.monotonic())
+            except Exception as e:  # never let the reaper take a sweep down
+                logging.getLogger(__name__).debug("placement groups not checked: %s", e)
+
+    def check(self, now: float) -> int:
+        """One pass: note newly unused worker groups, remove those unused for ``grace_s``; returns how many."""
+        unused = _unused_groups(worker_groups_only=True)
+        self._unused_since = {g: self._unused_since.get(g, now) for g in unused}
+        due = [g for g, since in self._unused_since.items() if now - since >= self.grace_s]
+        for group in due:
+            _remove_group(group)
+            del self._unused_since[group]
+        if due:
+            self.freed += len(due)
+            self._on_free(len(due))
+        return len(due)
 
 
 def describe(target: Target) -> str:

@@ -304,13 +304,17 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
     if not options.resume:
         spec = {"base": sp.base.to_dict(), "space": asdict(space), "workers": sp.workers, "sweep": asdict(options)}
         storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")
-    grid = tuner.fit()
+    with cluster.PlacementGroupReaper(on_free=_say_freed):
+        grid = tuner.fit()
     wall_s = time.perf_counter() - start
-    freed = cluster.free_orphaned_placement_groups()
-    if freed:
-        log.warning("freed %d placement group(s) that stopped trials left holding CPUs (a Ray Train race)", freed)
+    _say_freed(cluster.free_orphaned_placement_groups())
     out = SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
     return replace(out, mlflow_run_id=tracking.log_sweep(run, out))  # with --mlflow-uri: reports, best checkpoint
+
+
+def _say_freed(n: int) -> None:
+    if n:
+        log.warning("freed %d placement group(s) that stopped trials left holding CPUs (a Ray Train race)", n)
 
 
 def load_spec(path: str) -> tuple[TrainConfig, SearchSpace, int | None, SweepOptions]:

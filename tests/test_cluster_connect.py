@@ -184,6 +184,43 @@ def test_placement_groups_no_actor_uses_are_freed_and_used_ones_kept():
             remove_placement_group(orphan)
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_during_a_sweep_only_worker_groups_unused_past_the_grace_are_freed():
+    """The mid-sweep reaper: a worker group left unused is freed once its grace is over; a group an actor uses,
+    and a memory-only group (a Tune trial's, created before its actor), are kept."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    orphan, used = placement_group([{"CPU": 0.5}]), placement_group([{"CPU": 0.5}])
+    trial = placement_group([{"memory": 2**20}])
+    ray.get([orphan.ready(), used.ready(), trial.ready()], timeout=60)
+    holder = ray.remote(num_cpus=0.5)(Holder).options(scheduling_strategy=PlacementGroupSchedulingStrategy(used))
+    holder = holder.remote()
+    try:
+        ray.get(holder.ping.remote(), timeout=60)
+        reaper = cluster.PlacementGroupReaper(grace_s=30)
+        assert reaper.check(now=100.0) == 0  # unused from now on, but within its grace
+        assert placement_group_table(orphan)["state"] == "CREATED"
+        assert reaper.check(now=131.0) == 1
+        assert placement_group_table(orphan)["state"] == "REMOVED"
+        assert placement_group_table(used)["state"] == "CREATED"
+        assert placement_group_table(trial)["state"] == "CREATED"
+        late = placement_group([{"CPU": 0.5}])  # the running thread frees it too, and says so
+        ray.get(late.ready(), timeout=60)
+        said = []
+        with cluster.PlacementGroupReaper(grace_s=0.5, every_s=0.3, on_free=said.append):
+            deadline = time.monotonic() + 30
+            while placement_group_table(late)["state"] != "REMOVED" and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert placement_group_table(late)["state"] == "REMOVED" and said == [1]
+    finally:
+        ray.kill(holder)
+        for group in (used, trial, orphan):
+            with contextlib.suppress(Exception):
+                remove_placement_group(group)
+
+
 class Holder:
     def ping(self) -> bool:
         return True

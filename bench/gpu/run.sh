@@ -111,7 +111,7 @@ main() {
   step default 45 100 sh -c "$PY -m bench.gpu.jobs default ${DRY[*]} --timeout \$((LIMIT - 8))"
   step startup 15 45 "$PY" -m bench.gpu.summary startup
   step ab 20 70 sh -c "$PY -m bench.gpu.speed ab ${DRY[*]} --budget-s \$((LIMIT - 8))"
-  step infer 25 60 "$PY" -m bench.gpu.infer "${DRY[@]}"
+  step infer 40 100 "$PY" -m bench.gpu.infer "${DRY[@]}"
   step compile 45 100 sh -c "$PY -m bench.gpu.speed compile ${DRY[*]} --budget-s \$((LIMIT - 40))"
   step best 80 150 sh -c "$PY -m bench.gpu.jobs best ${DRY[*]} --timeout \$((LIMIT - 8))"
   step recipes 30 600 sh -c "$PY -m bench.gpu.speed recipes ${DRY[*]} --budget-s \$((LIMIT - 30))"
