@@ -13,11 +13,14 @@ each is a no-op on a CPU, so CPU runs compute exactly what they did before these
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import resource
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,8 @@ from mnist_ray import checkpoints, data, models, optim, tracking
 from mnist_ray.config import TrainConfig
 
 EVAL_BATCH = 1024
+PROFILE_ENV = "MNIST_RAY_PROFILE_DIR"
+"""A folder: each worker profiles its second epoch with torch.profiler into ``<folder>/<name>.txt`` (bench/gpu)."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,31 @@ def fit_epoch(
     return metrics
 
 
+@contextlib.contextmanager
+def profiled(name: str, active: bool):
+    """Profile the block with torch.profiler (CPU, and CUDA on a GPU) when ``$MNIST_RAY_PROFILE_DIR`` is set.
+
+    Writes the operators sorted by self CPU time, then by self CUDA time, to ``<dir>/<name>.txt``: where a
+    launch-bound step spends its host time, the same for the Ray Train worker and a plain loop.
+    """
+    folder = os.environ.get(PROFILE_ENV)
+    if not (folder and active):
+        yield
+        return
+    cuda = torch.cuda.is_available()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        yield
+        if cuda:
+            torch.cuda.synchronize()
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by="self_cpu_time_total", row_limit=25)]
+    if cuda:
+        tables.append(averages.table(sort_by="self_cuda_time_total", row_limit=15))
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"{name}.txt").write_text("\n".join(tables))
+
+
 def _restore(model: nn.Module) -> tuple[int, list[dict[str, Any]], dict | None]:
     """Load the latest checkpoint Ray Train hands us (after a restart or a resumed run), if any."""
     checkpoint = ray.train.get_checkpoint()
@@ -274,7 +304,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     mlflow = tracking.worker_logger(loop_config.get("mlflow"), rank)  # rank 0 of a tracked run: MLflow, else None
 
     for epoch in range(start_epoch, cfg.epochs):
-        metrics = fit_epoch(model, forward, optimizer, train, val, cfg, epoch, rank, world, speed)
+        with profiled(f"ray_train_rank{rank}", active=epoch == start_epoch + 1):
+            metrics = fit_epoch(model, forward, optimizer, train, val, cfg, epoch, rank, world, speed)
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None

@@ -275,3 +275,19 @@ def test_gpu_bench_script_parses_and_its_plain_loop_runs_dry(tmp_path):
     first = ab.pop(next(iter(ab)))  # --budget-s 0: only the first variant runs
     assert first["images_per_s"] > 0 and first["batch_size"] == 128
     assert set(ab.values()) == {"skipped: out of time"}
+
+
+def test_profiled_writes_a_table_only_when_asked(tmp_path, monkeypatch):
+    """bench/gpu/profile.py's evidence: the profiled block's operators land in <dir>/<name>.txt, and only then."""
+    x = torch.randn(64, 1, 28, 28)
+    model = models.build("cnn", seed=0)
+    with training.profiled("off", active=True):  # no $MNIST_RAY_PROFILE_DIR: nothing is written anywhere
+        model(x)
+    monkeypatch.setenv(training.PROFILE_ENV, str(tmp_path / "prof"))
+    with training.profiled("not_this_epoch", active=False):
+        model(x)
+    with training.profiled("plain", active=True):
+        model(x)
+    assert sorted(p.name for p in (tmp_path / "prof").iterdir()) == ["plain.txt"]
+    table = (tmp_path / "prof" / "plain.txt").read_text()
+    assert "aten::" in table and "Self CPU time total" in table

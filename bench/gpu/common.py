@@ -86,10 +86,10 @@ def plain_fit(
     forward = training.forward_fn(model, dev, speed)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    history = [
-        training.fit_epoch(model, forward, optimizer, train, val, cfg, epoch, 0, 1, speed)
-        for epoch in range(epochs or cfg.epochs)
-    ]
+    history = []
+    for epoch in range(epochs or cfg.epochs):
+        with training.profiled("plain", active=epoch == 1):  # only with $MNIST_RAY_PROFILE_DIR (bench.gpu.profile)
+            history.append(training.fit_epoch(model, forward, optimizer, train, val, cfg, epoch, 0, 1, speed))
     return model, history
 
 

@@ -20,12 +20,13 @@
 #   startup  fresh-process costs: import torch / CUDA / ray / mnist_ray, ray.init -> gpu_summary.json "startup"
 #   ab       plain loop, same GPU: each GPU switch off/on, batch sizes -> gpu_speed.json "ab"
 #   infer    Ray Data inference on the GPU vs a plain loop           -> gpu_inference.json
+#   profile  torch.profiler: a Ray Train epoch against a plain loop's    -> gpu_profile.txt
 #   compile  torch.compile (default, reduce-overhead) of the step    -> gpu_speed.json "compile"
 #   best     jobs/train.py, the best recipe (goal: >= 99.70% in <= 2 min) -> gpu_jobs.json "best"
 #   recipes  candidate recipes trained in full, plain loop            -> gpu_speed.json "recipes"
 #   summary  each goal met or not (Ray/plain ratio: default's steady images/s over ab's "preset")
 # Output in ${OUT:-bench/results}: gpu_summary.json gpu_jobs.json gpu_speed.json gpu_inference.json
-# run.log nvidia-smi.csv (6 files; the device tool brings back at most 8). Scratch: $GPU_BENCH_WORK.
+# gpu_profile.txt run.log nvidia-smi.csv (7 files; the device tool brings back at most 8). Scratch: $GPU_BENCH_WORK.
 # Knobs: GPU_BUDGET_S (default 285: the whole script, install included), PYTHON (python3),
 # GPU_TESTS_K (a pytest -k expression: only those tests),
 # GPU_BENCH_DRY_RUN=1 (CPU smoke of every step at tiny sizes; needs an environment with Ray).
@@ -44,7 +45,7 @@ export GPU_BENCH_OUT GPU_BENCH_WORK PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 export RAY_ADDRESS=local # every step starts its own Ray: never join a head another user started here
 mkdir -p "$GPU_BENCH_OUT" "$GPU_BENCH_WORK"
 STEPS=$GPU_BENCH_WORK/steps.tsv
-ALL="tests fast default startup ab infer compile best recipes"
+ALL="tests fast default startup ab infer profile compile best recipes"
 WANT=" ${*:-$ALL} "
 
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
@@ -112,6 +113,7 @@ main() {
   step startup 15 45 "$PY" -m bench.gpu.summary startup
   step ab 20 70 sh -c "$PY -m bench.gpu.speed ab ${DRY[*]} --budget-s \$((LIMIT - 8))"
   step infer 40 100 "$PY" -m bench.gpu.infer "${DRY[@]}"
+  step profile 50 100 sh -c "$PY -m bench.gpu.profile ${DRY[*]} --timeout \$((LIMIT - 15))"
   step compile 45 100 sh -c "$PY -m bench.gpu.speed compile ${DRY[*]} --budget-s \$((LIMIT - 40))"
   step best 80 150 sh -c "$PY -m bench.gpu.jobs best ${DRY[*]} --timeout \$((LIMIT - 8))"
   step recipes 30 600 sh -c "$PY -m bench.gpu.speed recipes ${DRY[*]} --budget-s \$((LIMIT - 30))"
