@@ -58,6 +58,27 @@ def ray_train(workers: int, cpus: int, env: dict[str, str] | None = None) -> flo
     return float(pd.read_parquet(run_dir / "history.parquet")["images_per_s"].iloc[-1])
 
 
+def interleaved(name: str, command: str, layouts: dict) -> None:
+    """Run every layout REPEATS times, interleaved (drift in the machine's speed hits every layout alike), and save
+    each one's runs, median and ratio to the plain 2-thread loop as bench/results/<name>.json."""
+    runs: dict[str, list[float]] = {layout: [] for layout in layouts}
+    for _ in range(REPEATS):
+        for layout, fn in layouts.items():
+            runs[layout].append(round(fn()))
+    med = {layout: common.median(v) for layout, v in runs.items()}
+    base = med["plain 1 process x 2 threads"]
+    common.save(
+        name,
+        {
+            "command": command,
+            "setup": SUBSET,
+            "runs_images_per_s": runs,
+            "median_images_per_s": med,
+            "ratio_vs_plain_2_threads": {k: round(v / base, 3) for k, v in med.items() if k.startswith("ray")},
+        },
+    )
+
+
 def main() -> None:
     layouts = {
         "plain 1 process x 2 threads": lambda: plain_loop(2),
@@ -66,22 +87,7 @@ def main() -> None:
         "ray 1 worker x 2 CPUs": lambda: ray_train(1, 2),
         "ray 1 worker x 1 CPU": lambda: ray_train(1, 1),
     }
-    runs: dict[str, list[float]] = {name: [] for name in layouts}
-    for _ in range(REPEATS):  # interleaved, so drift in the machine's speed hits every layout alike
-        for name, fn in layouts.items():
-            runs[name].append(round(fn()))
-    med = {name: common.median(v) for name, v in runs.items()}
-    base = med["plain 1 process x 2 threads"]
-    common.save(
-        "throughput",
-        {
-            "command": "python bench/throughput.py",
-            "setup": SUBSET,
-            "runs_images_per_s": runs,
-            "median_images_per_s": med,
-            "ratio_vs_plain_2_threads": {k: round(v / base, 3) for k, v in med.items() if k.startswith("ray")},
-        },
-    )
+    interleaved("throughput", "python bench/throughput.py", layouts)
 
 
 LEVERS = {
@@ -94,24 +100,10 @@ LEVERS = {
 
 def levers() -> None:
     """A/B of what could make Ray 1 worker x 2 CPUs slower than a plain 2-thread loop: interleaved, medians of 3."""
-    runs: dict[str, list[float]] = {"plain 1 process x 2 threads": []}
-    runs.update({f"ray 1 worker x 2 CPUs, {name}": [] for name in LEVERS})
-    for _ in range(REPEATS):
-        runs["plain 1 process x 2 threads"].append(round(plain_loop(2)))
-        for name, env in LEVERS.items():
-            runs[f"ray 1 worker x 2 CPUs, {name}"].append(round(ray_train(1, 2, env)))
-    med = {name: common.median(v) for name, v in runs.items()}
-    base = med["plain 1 process x 2 threads"]
-    common.save(
-        "throughput_levers",
-        {
-            "command": "python bench/run_all.py throughput_levers",
-            "setup": SUBSET,
-            "runs_images_per_s": runs,
-            "median_images_per_s": med,
-            "ratio_vs_plain_2_threads": {k: round(v / base, 3) for k, v in med.items() if k.startswith("ray")},
-        },
-    )
+    layouts = {"plain 1 process x 2 threads": lambda: plain_loop(2)}
+    for name, env in LEVERS.items():
+        layouts[f"ray 1 worker x 2 CPUs, {name}"] = lambda env=env: ray_train(1, 2, env)
+    interleaved("throughput_levers", "python bench/run_all.py throughput_levers", layouts)
 
 
 if __name__ == "__main__":
