@@ -17,6 +17,7 @@ def main() -> None:
     wall, stdout = common.run(["jobs/tune.py", *flags])
     best = json.loads((out / "sweep8" / "best.json").read_text())
     stopped = re.search(r"(\d+) stopped early", stdout)
+    freed = sum(int(n) for n in re.findall(r"freed (\d+) placement group", stdout))  # the mid-sweep reaper's lines
     train_wall, run_dir, _ = common.train("from_sweep", "--config", str(out / "sweep8" / "best.json"), "--epochs", "12")
     _, metrics = common.evaluate(run_dir, "bench-from-sweep")
     common.save(
@@ -25,6 +26,7 @@ def main() -> None:
             "command": "python jobs/tune.py " + " ".join(flags[:4]),
             "wall_s": round(wall, 1),
             "stopped_early": int(stopped.group(1)) if stopped else None,
+            "placement_groups_freed": freed,
             "best_config": {k: best[k] for k in ("model", "optimizer", "lr", "batch_size", "weight_decay")},
             "retrain_command": "python jobs/train.py --config best.json --epochs 12",
             "retrain_wall_s": round(train_wall, 1),
