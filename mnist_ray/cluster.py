@@ -243,7 +243,7 @@ class PlacementGroupReaper:
     def __init__(self, grace_s: float = 30.0, every_s: float = 10.0, on_free=None) -> None:
         import threading
 
-        self.grace_s, self.every_s, self.freed = grace_s, every_s, 0
+        self.grace_s, self.every_s = grace_s, every_s
         self._on_free = on_free or (lambda n: None)
         self._unused_since: dict[str, float] = {}
         self._stop = threading.Event()
@@ -273,7 +273,6 @@ class PlacementGroupReaper:
             _remove_group(group)
             del self._unused_since[group]
         if due:
-            self.freed += len(due)
             self._on_free(len(due))
         return len(due)
 

@@ -36,19 +36,20 @@ def main() -> None:
     runs = common.WORK / "runs"
     common.fresh_dir(runs / "gpu_profile")
     job = common.run_job("train.py", [*flags, "--output", str(runs), "--name", "gpu_profile"], args.timeout)
-    parts = [
+    summary = [
         f"device: {common.device_name()}",
-        f"plain loop, 2 epochs of {flags[1]}, images/s by epoch: {[round(h['images_per_s']) for h in plain]}",
+        f"plain loop, 2 epochs of --preset {flags[1]}, images/s by epoch: {[round(h['images_per_s']) for h in plain]}",
         f"ray job: python jobs/train.py {' '.join(flags)} -> exit {job['returncode']} in {job['wall_s']} s",
         *[line for _, line in job["lines"] if line.startswith("epoch")],
     ]
+    parts = list(summary)
     for name in ("plain", "ray_train_rank0"):
         path = folder / f"{name}.txt"
         text = path.read_text() if path.is_file() else "(not written)"
         parts += ["", f"=== {name}: its second epoch, torch.profiler ===", text]
     common.OUT.mkdir(parents=True, exist_ok=True)
     (common.OUT / "gpu_profile.txt").write_text("\n".join(parts) + "\n")
-    print("\n".join(parts[: 4 + len(job["lines"])]), flush=True)
+    print("\n".join(summary), flush=True)
     print(f"[gpu_profile.txt] written ({sum(len(x) for x in parts)} characters)", flush=True)
 
 
