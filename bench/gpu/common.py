@@ -45,7 +45,9 @@ def device_name() -> str:
 def save(file: str, section: str, value: Any, show: Any = None) -> None:
     """Set ``section`` of ``$GPU_BENCH_OUT/<file>.json`` (created with the device and date) and rewrite it.
 
-    Prints ``show`` (default: the value) as one line, for run.log.
+    ``dates`` records when each section was last written: a file seeded from an earlier run keeps that run's
+    sections, and the dates say which figure came from which run. Prints ``show`` (default: the value) as one
+    line, for run.log.
     """
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{file}.json"
@@ -53,6 +55,7 @@ def save(file: str, section: str, value: Any, show: Any = None) -> None:
     doc.setdefault("device", device_name())
     doc.setdefault("date", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     doc[section] = value
+    doc.setdefault("dates", {})[section] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"[{file}.json] {section}: {json.dumps(value if show is None else show)[:800]}", flush=True)
 
