@@ -8,6 +8,7 @@ interleaved pairs so drifts in machine load hit both sides alike.
 from __future__ import annotations
 
 import re
+import shutil
 
 from bench import common
 
@@ -46,6 +47,49 @@ def _env(env: dict[str, str]) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if k not in env}
     out.update({k: v for k, v in env.items() if v})
     return out
+
+
+SWEEP_JOB = [
+    "jobs/tune.py",
+    "--num-samples",
+    "4",
+    "--epochs",
+    "2",
+    "--train-limit",
+    "2048",
+    "--val-size",
+    "512",
+    "--batch-size",
+    "64",
+    "--no-augment",
+]
+SWEEP_LEVERS = {
+    # Tune starts a fresh trial process per trial (importing torch and mnist_ray) unless it reuses a finished one's.
+    "tune_reuse_actors": (["--no-reuse-actors"], ["--reuse-actors"]),
+}
+"""lever -> (flags of Ray's default, flags of this project's setting) for the sweep job."""
+
+
+def sweeps() -> None:
+    """Wall time of a small 4-trial sweep (the suite's sweep test as a job), each sweep lever off and on."""
+    results = {}
+    for lever, (default, ours) in SWEEP_LEVERS.items():
+        before, after = [], []
+        for i in range(PAIRS):
+            for flags, walls, tag in ((default, before, "a"), (ours, after, "b")):
+                name = f"{lever}-{tag}{i}"
+                shutil.rmtree(common.WORK / "levers" / name, ignore_errors=True)  # a sweep's name must be new
+                args = [*SWEEP_JOB, *flags, "--output", str(common.WORK / "levers"), "--name", name]
+                walls.append(round(common.run(args)[0], 2))
+        results[lever] = {
+            "ray_default_s": before,
+            "ours_s": after,
+            "median_ray_default_s": common.median(before),
+            "median_ours_s": common.median(after),
+        }
+    common.save(
+        "sweep_levers", {"command": "python bench/run_all.py sweep_levers  (" + " ".join(SWEEP_JOB) + ")", **results}
+    )
 
 
 def main() -> None:

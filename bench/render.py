@@ -97,14 +97,21 @@ def goals() -> list[str]:
 
 
 def levers() -> list[str]:
-    """One A/B table of Ray's fixed-cost levers: Ray's default against this project's setting, interleaved runs."""
-    r = _load("levers")
+    """The A/B tables of Ray's fixed-cost levers: Ray's default against this project's setting, interleaved runs."""
+    fresh = "interleaved pairs, each a fresh process with its own local Ray."
+    job = "Fixed overhead of `{job}` (wall minus epoch seconds), " + fresh
+    sweep = "Wall time of the sweep `{job}`, process start to exit, " + fresh
+    return [*_lever_table("levers", job), *_lever_table("sweep_levers", sweep)]
+
+
+def _lever_table(name: str, caption: str) -> list[str]:
+    """One result file of bench/levers.py as a table under its caption."""
+    r = _load(name)
     if not r:
         return []
     rows = [
-        f"Fixed overhead of `{r['command'].split('(', 1)[-1].rstrip(')')}` (wall minus epoch seconds), "
-        "interleaved pairs, each job a fresh process with its own local Ray. Command: "
-        f"`{r['command'].split('  (')[0]}`; measured {r.get('date', '')} on {r.get('machine', '')}.",
+        caption.format(job=r["command"].split("(", 1)[-1].rstrip(")"))
+        + f" Command: `{r['command'].split('  (')[0]}`; measured {r.get('date', '')} on {r.get('machine', '')}.",
         "",
         "| lever | Ray's default: runs (median) | ours: runs (median) | saved (median) | kept |",
         "|---|---|---|---|---|",

@@ -1,5 +1,5 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
-sweep, overhead, cpu_profile, levers, throughput_levers), then render docs/benchmarks.md.
+sweep, overhead, cpu_profile, levers, sweep_levers, fit_timeline, throughput_levers), then render docs/benchmarks.md.
 
 About 40 minutes on 2 cores; run nothing else meanwhile."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import accuracy, cpu_profile, evaluation, levers, overhead, render, sweep, throughput  # noqa: E402
+from bench import accuracy, cpu_profile, evaluation, fit_timeline, levers, overhead, render, sweep, throughput  # noqa: E402
 
 BENCHES = {
     "accuracy": accuracy.main,
@@ -21,6 +21,8 @@ BENCHES = {
     "overhead": overhead.main,
     "cpu_profile": cpu_profile.main,
     "levers": levers.main,
+    "sweep_levers": levers.sweeps,
+    "fit_timeline": fit_timeline.main,
 }
 
 

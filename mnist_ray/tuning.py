@@ -100,6 +100,12 @@ class SweepOptions:
     """Trials at once (0 = as many as the cluster fits)."""
     resume: bool = False
     """Continue the interrupted sweep --name from its saved definition (search flags are ignored)."""
+    reuse_actors: bool = True
+    """Run the next trial in a finished trial's process (Tune's reuse_actors), skipping its start and imports.
+
+    A trial stopped mid-run (ASHA) keeps its training thread busy, so Tune fails to reset that process and
+    replaces it as without reuse. bench/levers.py ``sweeps``: a 4-trial sweep 46.7 s against 55.4 s (medians).
+    """
 
     def __post_init__(self) -> None:
         ok = self.num_samples >= 1 and self.grace_period >= 1 and self.max_concurrent >= 0
@@ -237,6 +243,7 @@ def make_tuner(
             num_samples=sweep_opts.num_samples,
             scheduler=scheduler,
             max_concurrent_trials=concurrency,
+            reuse_actors=sweep_opts.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=run.name,
