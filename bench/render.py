@@ -123,9 +123,16 @@ def _lever_table(name: str, caption: str) -> list[str]:
         runs = ", ".join(f"{x:.1f}" for x in v["ray_default_s"]), ", ".join(f"{x:.1f}" for x in v["ours_s"])
         rows.append(
             f"| {lever} | {runs[0]} ({v['median_ray_default_s']:.1f} s) | {runs[1]} ({v['median_ours_s']:.1f} s) "
-            f"| {saved:+.1f} s | {'yes' if saved > 0 else 'no'} |"
+            f"| {saved:+.1f} s | {_kept(v, saved)} |"
         )
     return [*rows, ""]
+
+
+def _kept(lever: dict, saved: float) -> str:
+    """Kept when it saved time, unless the result says why it is not."""
+    if lever.get("kept") is False:
+        return f"no: {lever.get('why_not', '')}"
+    return "yes" if saved > 0 else "no"
 
 
 GPU_RUNS = (

@@ -100,11 +100,12 @@ class SweepOptions:
     """Trials at once (0 = as many as the cluster fits)."""
     resume: bool = False
     """Continue the interrupted sweep --name from its saved definition (search flags are ignored)."""
-    reuse_actors: bool = True
+    reuse_actors: bool = False
     """Run the next trial in a finished trial's process (Tune's reuse_actors), skipping its start and imports.
 
-    A trial stopped mid-run (ASHA) keeps its training thread busy, so Tune fails to reset that process and
-    replaces it as without reuse. bench/levers.py ``sweeps``: a 4-trial sweep 46.7 s against 55.4 s (medians).
+    Off by default, as in Ray: it sped a 4-trial sweep up (46.7 s against 55.4 s, bench/levers.py ``sweeps``),
+    but an 8-trial sweep with it stalled after 5 trials, with Tune waiting on its trial queue and no trial
+    running (bench/NOTES.md).
     """
 
     def __post_init__(self) -> None:
