@@ -99,6 +99,20 @@ def test_resume_or_new_name_is_checked_before_ray(tmp_path):
         tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(resume=True), run)
 
 
+def test_a_resumed_sweep_keeps_its_reuse_actors_choice(tmp_path):
+    """--reuse-actors is saved in sweep.json with the other options; a spec from before the flag means off."""
+    run = RunOptions(name="saved", output=str(tmp_path))
+    spec = {"base": BASE.to_dict(), "space": {}, "workers": 1, "sweep": {"num_samples": 3, "reuse_actors": True}}
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "sweep.json").write_text(json.dumps(spec))
+    plan = tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(resume=True), run)
+    assert plan.options.reuse_actors and plan.options.num_samples == 3 and plan.options.resume
+    del spec["sweep"]["reuse_actors"]
+    (tmp_path / "saved" / "sweep.json").write_text(json.dumps(spec))
+    plan = tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(resume=True, reuse_actors=True), run)
+    assert not plan.options.reuse_actors  # the saved definition wins over today's flags
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [
