@@ -194,7 +194,7 @@ def _evaluations_of_a_tracked_and_an_untracked_checkpoint(client, uri: str, run_
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
-@pytest.mark.timeout(300, method="signal")
+@pytest.mark.timeout(150, method="signal")  # a 1-trial sweep, ~25 s; see SWEEP_TIMEOUT_S in test_tuning.py
 @pytest.mark.flaky(reruns=1)
 def test_a_tracked_sweep_logs_each_trial_and_its_reports(tmp_path):
     """Ray Tune's MLflowLoggerCallback: one run per trial (config, each epoch, Tune's files); a run of the sweep."""

@@ -22,8 +22,10 @@ from tests.helpers import cluster_env
 pytestmark = pytest.mark.usefixtures("ray_session")
 # Ray Tune 2.60 can deadlock a trial whose step is in flight while ASHA stops it (FunctionTrainable.step blocks on
 # its own full result queue; seen once in six shuffled runs here). A stuck sweep fails after SWEEP_TIMEOUT_S and
-# runs once more, instead of hanging the suite; a sweep that fails twice still fails the test.
-SWEEP_TIMEOUT_S = 300
+# runs once more, instead of hanging the suite; a sweep that fails twice still fails the test. These sweeps take
+# 28-51 s here (a 4-trial sweep job with its own Ray: 45-64 s); a stuck one cost the suite the whole limit (the
+# ASHA test in a CI run of 2026-11-26: 1108 s instead of ~820 s), so the limit is 3x the slowest, not 300 s.
+SWEEP_TIMEOUT_S = 150
 BASE = TrainConfig(**{**TINY, "epochs": 2})
 
 
