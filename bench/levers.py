@@ -74,6 +74,17 @@ NOT_KEPT = {
 """Levers that paid in the A/B but are off, and why: no speed is kept at the cost of finishing."""
 
 
+def _pair_summary(lever: str, before: list[float], after: list[float]) -> dict:
+    """One lever's interleaved runs and their medians, and why it is off if it paid but is not kept."""
+    return {
+        "ray_default_s": before,
+        "ours_s": after,
+        "median_ray_default_s": common.median(before),
+        "median_ours_s": common.median(after),
+        **({"kept": False, "why_not": NOT_KEPT[lever]} if lever in NOT_KEPT else {}),
+    }
+
+
 def sweeps() -> None:
     """Wall time of a small 4-trial sweep (the suite's sweep test as a job), each sweep lever off and on."""
     results = {}
@@ -85,13 +96,7 @@ def sweeps() -> None:
                 shutil.rmtree(common.WORK / "levers" / name, ignore_errors=True)  # a sweep's name must be new
                 args = [*SWEEP_JOB, *flags, "--output", str(common.WORK / "levers"), "--name", name]
                 walls.append(round(common.run(args)[0], 2))
-        results[lever] = {
-            "ray_default_s": before,
-            "ours_s": after,
-            "median_ray_default_s": common.median(before),
-            "median_ours_s": common.median(after),
-            **({"kept": False, "why_not": NOT_KEPT[lever]} if lever in NOT_KEPT else {}),
-        }
+        results[lever] = _pair_summary(lever, before, after)
     common.save(
         "sweep_levers", {"command": "python bench/run_all.py sweep_levers  (" + " ".join(SWEEP_JOB) + ")", **results}
     )
@@ -104,12 +109,7 @@ def main() -> None:
         for i in range(PAIRS):
             before.append(round(overhead(default, f"{lever}-a{i}"), 2))
             after.append(round(overhead(ours, f"{lever}-b{i}"), 2))
-        results[lever] = {
-            "ray_default_s": before,
-            "ours_s": after,
-            "median_ray_default_s": common.median(before),
-            "median_ours_s": common.median(after),
-        }
+        results[lever] = _pair_summary(lever, before, after)
     common.save("levers", {"command": "python bench/run_all.py levers  (" + " ".join(JOB) + ")", **results})
 
 
