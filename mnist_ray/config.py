@@ -144,6 +144,9 @@ class TrainConfig:
     """torch.distributed backend: auto (nccl on GPUs, gloo on CPUs), gloo or nccl (one GPU per worker)."""
     seed: int = 0
     """Seed for the split, initialisation, shuffling and augmentation."""
+    channels_last: bool = True
+    """NHWC memory layout for the conv weights and activations: the fast one for oneDNN on a CPU and cuDNN on a GPU
+    (same model, float rounding differs)."""
 
     def __post_init__(self) -> None:
         validate_fields(self)

@@ -220,19 +220,25 @@ def test_autocast_is_off_on_a_cpu():
 
 
 def test_gpu_switches_leave_a_cpu_run_unchanged():
-    """Every GpuSpeed switch on or off, a CPU run computes the same numbers (the CPU figures stay reproducible)."""
+    """Every CUDA-only switch on or off, a CPU run computes the same numbers (the CPU figures stay reproducible).
+
+    channels_last is the one switch that acts on a CPU: its weights change layout (model[4] is the 16-to-32 conv;
+    the first conv's single input channel looks contiguous in both layouts).
+    """
     cfg = TrainConfig(**CPU_TINY)
-    off = GpuSpeed(channels_last=False, fused_optimizer=False, cudnn_benchmark=False, device_rng=False)
+    off = GpuSpeed(fused_optimizer=False, cudnn_benchmark=False, device_rng=False)
+    cpu = torch.device("cpu")
+    nchw = training.place_model(models.build("cnn", seed=0), cpu, GpuSpeed(channels_last=False))
+    assert nchw[4].weight.is_contiguous() and not nchw[4].weight.is_contiguous(memory_format=torch.channels_last)
     runs, arrays = [], data.load("mnist")
     for speed in (GpuSpeed(compile="default"), off):
         train_idx, val_idx = data.split_train_val(len(arrays.train_x), cfg.val_size, cfg.seed, cfg.train_limit)
-        cpu = torch.device("cpu")
         train = training.shard(arrays.train_x[train_idx], arrays.train_y[train_idx], 0, 1, cpu, equal=True)
         val = training.shard(arrays.train_x[val_idx], arrays.train_y[val_idx], 0, 1, cpu, equal=False)
         model = training.place_model(models.build("cnn", seed=cfg.seed), cpu, speed)
         optimizer = training.gpu_optimizer(model, cfg, cpu, speed)
         assert training.forward_fn(model, cpu, speed) is model and not optimizer.defaults.get("fused")
-        assert model[0].weight.is_contiguous()  # not channels_last
+        assert model[4].weight.is_contiguous(memory_format=torch.channels_last) and not model[4].weight.is_contiguous()
         metrics = training.fit_epoch(model, model, optimizer, train, val, cfg, 0, speed=speed)
         runs.append([metrics[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")])
         assert "gpu_max_allocated_mb" not in metrics
