@@ -102,6 +102,82 @@ def sweeps() -> None:
     )
 
 
+LAYOUT_JOB = ["jobs/train.py", "--preset", "fast"]
+"""The fast recipe on full MNIST: 2 epochs of 55k images on 2 workers, where the epochs are most of the wall."""
+
+
+def _epochs_s(stdout: str) -> float:
+    """Seconds the job's epoch lines report, summed."""
+    return sum(float(s) for s in re.findall(r"img/s\s+([\d.]+)s", stdout))
+
+
+def _scoring_s(channels_last: bool, chunk: int | None, folder: str) -> float:
+    """Seconds to score the 10k test images on one thread, as an inference actor does (warm, model built)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from mnist_ray import data, evaluation
+
+    arrays = data.load("mnist")
+    predictor = evaluation.Predictor({"path": folder}, threads=1)
+    if not channels_last:  # the scoring as it was before 2026-11-26: NCHW weights
+        predictor.model = predictor.model.to(memory_format=torch.contiguous_format)
+    predictor.chunk = chunk
+    batch = {"image": arrays.test_x[:1000], "label": arrays.test_y[:1000], "index": np.arange(1000)}
+    predictor(batch)  # warm-up: oneDNN builds its kernels on the first call
+    start = time.perf_counter()
+    for i in range(0, len(arrays.test_y), 1000):
+        sl = slice(i, i + 1000)
+        predictor({"image": arrays.test_x[sl], "label": arrays.test_y[sl], "index": np.arange(sl.start, sl.stop)})
+    return time.perf_counter() - start
+
+
+def _fresh_checkpoint(folder: str) -> str:
+    """A CNN checkpoint with freshly initialised weights (speed does not depend on them)."""
+    from mnist_ray import checkpoints, models
+    from mnist_ray.config import TrainConfig
+
+    model = models.build("cnn", seed=0)
+    cfg = TrainConfig().to_dict()
+    return str(checkpoints.save(folder, model=model, optimizer=None, config=cfg, epoch=0, history=[]))
+
+
+def layout() -> None:
+    """Memory layout on a CPU: NCHW (before) against channels_last, for training and for scoring.
+
+    Training: wall and epoch seconds of ``jobs/train.py --preset fast`` with ``--no-channels-last`` and with the
+    default, interleaved pairs of fresh jobs. Scoring: the evaluation's inference of 10k images on one thread,
+    NCHW in batches of 1,000 (as it was) against NHWC in chunks of 256, interleaved in this process.
+    """
+    import tempfile
+
+    results: dict = {}
+    walls: dict[str, list[float]] = {"before": [], "ours": []}
+    epochs: dict[str, list[float]] = {"before": [], "ours": []}
+    for i in range(PAIRS):
+        for tag, flags in (("before", ["--no-channels-last"]), ("ours", [])):
+            args = [*LAYOUT_JOB, *flags, "--output", str(common.WORK / "levers"), "--name", f"layout-{tag}{i}"]
+            shutil.rmtree(common.WORK / "levers" / f"layout-{tag}{i}", ignore_errors=True)
+            wall, stdout = common.run(args)
+            walls[tag].append(round(wall, 2))
+            epochs[tag].append(round(_epochs_s(stdout), 2))
+    results["channels_last: --preset fast wall"] = _pair_summary("", walls["before"], walls["ours"])
+    results["channels_last: --preset fast epochs"] = _pair_summary("", epochs["before"], epochs["ours"])
+    scoring: dict[str, list[float]] = {"before": [], "ours": []}
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = _fresh_checkpoint(folder)
+        for _ in range(PAIRS):
+            scoring["before"].append(round(_scoring_s(False, None, checkpoint), 2))
+            scoring["ours"].append(round(_scoring_s(True, 256, checkpoint), 2))
+    results["scoring 10k images, one thread: NHWC in chunks of 256"] = _pair_summary(
+        "", scoring["before"], scoring["ours"]
+    )
+    command = "python bench/run_all.py layout_levers  (" + " ".join(LAYOUT_JOB) + ")"
+    common.save("layout_levers", {"command": command, **results})
+
+
 def main() -> None:
     results = {}
     for lever, (default, ours) in LEVERS.items():

@@ -101,10 +101,20 @@ def levers() -> list[str]:
     fresh = "interleaved pairs, each a fresh process with its own local Ray."
     job = "Fixed overhead of `{job}` (wall minus epoch seconds), " + fresh
     sweep = "Wall time of the sweep `{job}`, process start to exit, " + fresh
-    return [*_lever_table("levers", job), *_lever_table("sweep_levers", sweep)]
+    layout = (
+        "Memory layout on this CPU, the project's former NCHW against channels_last: `{job}` wall and epoch seconds, "
+        + fresh
+        + " Scoring: the evaluation's inference of the 10k test images on one thread, NCHW in batches of 1,000 "
+        "against NHWC in chunks of 256, interleaved in one process."
+    )
+    return [
+        *_lever_table("levers", job),
+        *_lever_table("sweep_levers", sweep),
+        *_lever_table("layout_levers", layout, before="before (NCHW)"),
+    ]
 
 
-def _lever_table(name: str, caption: str) -> list[str]:
+def _lever_table(name: str, caption: str, before: str = "Ray's default") -> list[str]:
     """One result file of bench/levers.py as a table under its caption."""
     r = _load(name)
     if not r:
@@ -113,7 +123,7 @@ def _lever_table(name: str, caption: str) -> list[str]:
         caption.format(job=r["command"].split("(", 1)[-1].rstrip(")"))
         + f" Command: `{r['command'].split('  (')[0]}`; measured {r.get('date', '')} on {r.get('machine', '')}.",
         "",
-        "| lever | Ray's default: runs (median) | ours: runs (median) | saved (median) | kept |",
+        f"| lever | {before}: runs (median) | ours: runs (median) | saved (median) | kept |",
         "|---|---|---|---|---|",
     ]
     for lever, v in r.items():

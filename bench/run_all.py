@@ -1,5 +1,6 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
-sweep, overhead, cpu_profile, levers, sweep_levers, fit_timeline, throughput_levers), then render docs/benchmarks.md.
+sweep, overhead, cpu_profile, levers, sweep_levers, layout_levers, fit_timeline, throughput_levers), then render
+docs/benchmarks.md.
 
 About 40 minutes on 2 cores; run nothing else meanwhile."""
 
@@ -22,6 +23,7 @@ BENCHES = {
     "cpu_profile": cpu_profile.main,
     "levers": levers.main,
     "sweep_levers": levers.sweeps,
+    "layout_levers": levers.layout,
     "fit_timeline": fit_timeline.main,
 }
 
