@@ -12,14 +12,14 @@ import ray
 import torch
 
 from bench import common
-from mnist_ray import checkpoints, cluster, data, evaluation
+from mnist_ray import checkpoints, cluster, data, evaluation, models
 
 REPEATS = 3
 
 
 def plain(state: dict, arrays: data.Arrays, threads: int = 2, batch: int = evaluation.CPU_CHUNK) -> float:
     """images/s of a plain single-process inference loop, in the layout and chunks the inference actors use."""
-    torch.set_num_threads(threads)
+    models.set_cpu_threads(threads)
     model = checkpoints.build_model(state).to(memory_format=torch.channels_last)
     x = data.normalize(arrays.test_x)
     with torch.inference_mode():

@@ -22,7 +22,7 @@ REPEATS = 3
 
 def plain_loop(threads: int) -> float:
     """images/s of training.train_epoch in this process (no Ray), second epoch."""
-    torch.set_num_threads(threads)
+    models.set_cpu_threads(threads)
     cfg = TrainConfig(**SUBSET, num_workers=1, cpus_per_worker=threads)
     arrays = data.load("mnist")
     train_idx, _ = data.split_train_val(60000, cfg.val_size, cfg.seed, cfg.train_limit)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_ray import checkpoints, data, output, storage
+from mnist_ray import checkpoints, data, models, output, storage
 from mnist_ray.config import DEFAULT_RUNS
 from mnist_ray.errors import CheckpointError, ConfigError, ResourceError
 
@@ -83,7 +83,7 @@ class Predictor:
         import ray
         import torch
 
-        torch.set_num_threads(threads)
+        models.set_cpu_threads(threads)
         self.torch = torch
         self.device = torch.device("cuda" if use_gpu else "cpu")
         state = checkpoints.load(source["path"]) if "path" in source else ray.get(source["ref"][0])

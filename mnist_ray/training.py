@@ -292,7 +292,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     speed = GpuSpeed(channels_last=cfg.channels_last)  # the rest are the GPU recipe's (no effect on CPU workers)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg.cpus_per_worker)
+    models.set_cpu_threads(cfg.cpus_per_worker)
     device = ray.train.torch.get_device()
     stats = data.DATASET_INFO[cfg.dataset].normalization  # checkpoints.save stores the same, for scoring
     train = shard(*ray.get(list(loop_config["train"])), rank, world, device, equal=True, stats=stats)

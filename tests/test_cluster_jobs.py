@@ -35,7 +35,7 @@ def submit(head: RayHead, *entrypoint: str) -> tuple[str, str]:
     client = JobSubmissionClient(head.dashboard)  # this process already runs with RAY_AUTH_MODE=token
     deadline = time.time() + 300
     while time.time() < deadline and not client.get_job_status(job_id).is_terminal():
-        time.sleep(2)
+        time.sleep(0.5)
     return str(client.get_job_status(job_id).value), client.get_job_logs(job_id)
 
 

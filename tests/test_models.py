@@ -38,3 +38,16 @@ def test_weight_decay_skips_biases_and_norms():
     decay, no_decay = optim.param_groups(models.build("cnn"), 1e-4)
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_cpu_threads_flush_denormals_to_zero():
+    """Denormal floats (below 1.2e-38) slow x86 down 7-10x; a worker's torch flushes them to zero."""
+    threads = torch.get_num_threads()
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1.0).item() > 0  # by default a denormal survives arithmetic
+    try:
+        models.set_cpu_threads(1)
+        assert torch.get_num_threads() == 1 and (tiny * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)

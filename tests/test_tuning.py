@@ -169,9 +169,10 @@ def _wait_for_terminated_trial(sweep: Path, proc, timeout=240) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_killed_driver_skips_finished_trials(tmp_path):
-    # Each driver starts its own local Ray, as a user's sweep does: a SIGKILLed Tune driver can leave a trial's
+def test_resume_after_killed_driver_skips_finished_trials(tmp_path, ray_session):
+    # The killed driver starts its own local Ray, as a user's sweep does: a SIGKILLed Tune driver can leave a trial's
     # placement group behind (Ray Train's cleaner races the kill), which must not starve the suite's shared Ray.
+    # The resume then runs on the suite's Ray (one local Ray's start and stop less).
     env = cluster_env(RAY_ADDRESS="local")
     first = subprocess.Popen(_tune_cmd(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     _wait_for_terminated_trial(tmp_path / "resumable", first)
@@ -182,7 +183,7 @@ def test_resume_after_killed_driver_skips_finished_trials(tmp_path):
 
     # --epochs 4 on the resume command is ignored: the sweep continues as it was defined (sweep.json)
     resume = _tune_cmd(tmp_path, "--resume", "--epochs", "4")
-    again = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300)
+    again = subprocess.run(resume, capture_output=True, text=True, env=cluster_env(ray_session), timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     rerun = {ln.split()[2].rstrip(":") for ln in again.stdout.splitlines() if ln.startswith("trial ")}
     assert not rerun & finished  # finished trials were not run again

@@ -81,7 +81,7 @@ def plain_fit(
 
     ``epochs`` stops early (the schedule still spans ``cfg.epochs``). Threads as a 1-CPU worker has.
     """
-    torch.set_num_threads(cfg.cpus_per_worker)
+    models.set_cpu_threads(cfg.cpus_per_worker)
     dev = device()
     train, val = splits(cfg, arrays, dev)
     model = training.place_model(models.build(cfg.model, cfg.dropout, seed=cfg.seed), dev, speed)
