@@ -1,8 +1,8 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
-sweep, overhead, cpu_profile, levers, sweep_levers, layout_levers, fit_timeline, throughput_levers), then render
-docs/benchmarks.md.
+sweep, denormals, overhead, cpu_profile, levers, sweep_levers, layout_levers, fit_timeline, throughput_levers,
+suite_idle), then render docs/benchmarks.md.
 
-About 40 minutes on 2 cores; run nothing else meanwhile."""
+About 75 minutes on 2 cores; run nothing else meanwhile."""
 
 from __future__ import annotations
 
@@ -11,7 +11,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import accuracy, cpu_profile, evaluation, fit_timeline, levers, overhead, render, sweep, throughput  # noqa: E402
+from bench import (  # noqa: E402
+    accuracy,
+    cpu_profile,
+    denormals,
+    evaluation,
+    fit_timeline,
+    levers,
+    overhead,
+    render,
+    suite_idle,
+    sweep,
+    throughput,
+)
 
 BENCHES = {
     "accuracy": accuracy.main,
@@ -19,12 +31,14 @@ BENCHES = {
     "throughput_levers": throughput.levers,
     "evaluation": evaluation.main,
     "sweep": sweep.main,
+    "denormals": denormals.main,  # reads the sweep's retrain checkpoint
     "overhead": overhead.main,
     "cpu_profile": cpu_profile.main,
     "levers": levers.main,
     "sweep_levers": levers.sweeps,
     "layout_levers": levers.layout,
     "fit_timeline": fit_timeline.main,
+    "suite_idle": suite_idle.main,  # the whole test suite under a /proc sampler, about 13 minutes
 }
 
 

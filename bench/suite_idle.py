@@ -1,0 +1,88 @@
+"""Where the test suite leaves the 2 cores idle: ``make test`` in file order, with the machine's idle share sampled.
+
+    python -m bench.suite_idle
+
+Runs ``pytest -q -p no:randomly --durations=0`` while sampling /proc/stat every 0.5 s, then lays the tests end to
+end in collection order (setup + call + teardown each, from the durations) and gives each test of 4 s or more its
+mean idle share. Idle time is what a second test process could use at best: the bound on running tests in
+parallel. Results: bench/results/suite_idle.json. About 13 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench import common
+
+PYTEST = ["-m", "pytest", "-q", "-p", "no:randomly"]
+DURATION = re.compile(r"^([0-9.]+)s (?:call|setup|teardown)\s+(\S+)")
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of all CPUs since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def sample_idle(stop: threading.Event, timeline: list[tuple[float, float]], every: float = 0.5) -> None:
+    """Append (seconds since start, idle share of the last interval) until ``stop`` is set."""
+    start, (idle0, total0) = time.monotonic(), cpu_ticks()
+    while not stop.wait(every):
+        idle1, total1 = cpu_ticks()
+        timeline.append((time.monotonic() - start, (idle1 - idle0) / max(1, total1 - total0)))
+        idle0, total0 = idle1, total1
+
+
+def per_test(order: list[str], seconds: dict[str, float], timeline: list, offset: float) -> list[dict]:
+    """Each test's window (laid end to end from ``offset``) and the mean idle share sampled inside it."""
+    rows, at = [], offset
+    for test in order:
+        span = seconds.get(test, 0.0)
+        inside = [idle for t, idle in timeline if at <= t < at + span]
+        if span >= 4 and inside:
+            rows.append({"test": test, "seconds": round(span, 1), "idle": round(sum(inside) / len(inside), 2)})
+        at += span
+    return rows
+
+
+def main() -> None:
+    collected = subprocess.run(
+        [common.PY, *PYTEST, "--collect-only"], cwd=common.REPO, capture_output=True, text=True, check=True
+    )
+    order = [ln.strip() for ln in collected.stdout.splitlines() if "::" in ln]
+    stop, timeline = threading.Event(), []
+    sampler = threading.Thread(target=sample_idle, args=(stop, timeline), daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    run = subprocess.run([common.PY, *PYTEST, "--durations=0"], cwd=common.REPO, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    seconds: dict[str, float] = defaultdict(float)
+    for line in run.stdout.splitlines():
+        if match := DURATION.match(line):
+            seconds[match.group(2)] += float(match.group(1))
+    offset = max(0.0, wall - sum(seconds.values()))  # collection and start-up come before the first test
+    rows = per_test(order, seconds, timeline, offset)
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    common.save(
+        "suite_idle",
+        {
+            "command": "python -m bench.suite_idle  (pytest -q -p no:randomly --durations=0)",
+            "pytest": summary,
+            "wall_s": round(wall, 1),
+            "mean_idle": round(sum(idle for _, idle in timeline) / max(1, len(timeline)), 3),
+            "idle_core_s": round((os.cpu_count() or 1) * sum(idle for _, idle in timeline) * 0.5, 1),
+            "tests_of_4s_or_more": sorted(rows, key=lambda r: -r["seconds"]),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
