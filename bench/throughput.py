@@ -27,7 +27,8 @@ def plain_loop(threads: int) -> float:
     arrays = data.load("mnist")
     train_idx, _ = data.split_train_val(60000, cfg.val_size, cfg.seed, cfg.train_limit)
     x, y = data.normalize(arrays.train_x[train_idx]), torch.from_numpy(arrays.train_y[train_idx])
-    model = models.build("cnn", seed=0)
+    speed = training.GpuSpeed(channels_last=cfg.channels_last)  # the layout a Ray Train worker uses
+    model = training.place_model(models.build("cnn", seed=0), torch.device("cpu"), speed)
     optimizer = training.build_optimizer(model, cfg)
     rate = 0.0
     for epoch in range(cfg.epochs):
