@@ -68,7 +68,8 @@ def set_cpu_threads(threads: int) -> None:
 
     Late in a run, tiny gradients make tiny squares in the optimizer's state and weights (below 1.2e-38, where x86
     computes in microcode): a rmsprop retrain's epochs went from 11 s to 45-108 s, and steps on its epoch-11
-    checkpoint ran 7-10x faster flushed (bench/NOTES.md). Flushing changes only such values, which are noise.
+    checkpoint ran 6.6-12.8x faster flushed, on one thread (bench/NOTES.md). Flushing changes only such values,
+    which are noise.
     """
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
