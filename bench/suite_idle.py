@@ -71,11 +71,13 @@ def main() -> None:
     offset = max(0.0, wall - sum(seconds.values()))  # collection and start-up come before the first test
     rows = per_test(order, seconds, timeline, offset)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    failed = [ln for ln in run.stdout.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
     common.save(
         "suite_idle",
         {
             "command": "python -m bench.suite_idle  (pytest -q -p no:randomly --durations=0)",
             "pytest": summary,
+            "failed": failed,
             "wall_s": round(wall, 1),
             "mean_idle": round(sum(idle for _, idle in timeline) / max(1, len(timeline)), 3),
             "idle_core_s": round((os.cpu_count() or 1) * sum(idle for _, idle in timeline) * 0.5, 1),

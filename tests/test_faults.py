@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -95,10 +92,9 @@ def cluster_env(ray_session) -> dict:
     return helpers.cluster_env(ray_session)
 
 
-def test_killed_train_driver_resumes_with_the_same_command(tmp_path, cluster_env):
-    # The killed driver starts its own local Ray, as a user's job does: what a SIGKILLed driver leaves must not starve
-    # the suite's. Nor does it get the suite's loopback setting: the job itself must keep its local Ray on loopback.
-    # The same command then resumes the run on the suite's Ray (one local Ray's start and stop less).
+def test_killed_train_driver_resumes_with_the_same_command(tmp_path):
+    # Its own local Ray per driver, as a user's job has: what a SIGKILLed driver leaves must not starve the suite's.
+    # Nor does it get the suite's loopback setting: the job itself must keep its local Ray on loopback.
     env = helpers.cluster_env(RAY_ADDRESS="local")
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     args = [
@@ -118,22 +114,15 @@ def test_killed_train_driver_resumes_with_the_same_command(tmp_path, cluster_env
         "--keep-checkpoints",
         "1",
     ]
-    first = _job("train.py", *args, env=env)
-    with _sampling_listeners(first.pid) as listeners:
-        _kill_after_line(first, "epoch   1/3")
+    _kill_after_line(_job("train.py", *args, env=env), "epoch   1/3")
+    again = _job("train.py", *args, env=env)
+    listeners = _listeners_until_exit(again)
+    out = again.stdout.read()
+    assert again.returncode == 0, out[-3000:]
     # Every port the local run opened, torch's DDP rendezvous and gloo's included, is on loopback.
     assert listeners and all(_on_loopback(line) for line in listeners), listeners
     per_worker = Counter(re.search(r"pid=(\d+)", ln)[1] for ln in listeners if "RayTrainWo" in ln)
     assert per_worker and max(per_worker.values()) >= 2, listeners  # rank 0: its Ray port and torch's store
-    again = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        env=cluster_env,
-        timeout=300,
-    )
-    out = again.stdout
-    assert again.returncode == 0, out[-3000:] + again.stderr[-3000:]
     epochs = [ln.split()[1] for ln in out.splitlines() if ln.startswith("epoch ")]
     assert epochs and epochs[0] != "1/3" and epochs[-1] == "3/3"  # continued, did not start over
     assert pd.read_parquet(tmp_path / "interrupted" / "history.parquet")["epoch"].tolist() == [1, 2, 3]
@@ -183,24 +172,15 @@ def _listening(pids: set[int]) -> set[str]:
     return {" ".join(ln.split()[3:]) for ln in lines if {int(p) for p in re.findall(r"pid=(\d+)", ln)} & pids}
 
 
-@contextlib.contextmanager
-def _sampling_listeners(pid: int) -> Iterator[set[str]]:
-    """Every listening socket of ``pid`` and its descendants (Ray's processes), sampled every 0.2 s while inside."""
+def _listeners_until_exit(proc: subprocess.Popen, timeout: float = 300) -> set[str]:
+    """Every listening socket of ``proc`` and its descendants (Ray's processes), sampled until it exits."""
     seen: set[str] = set()
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            seen.update(_listening(_descendants(pid) | {pid}))
-            stop.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield seen
-    finally:
-        stop.set()
-        sampler.join(timeout=30)
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        seen |= _listening(_descendants(proc.pid) | {proc.pid})
+        time.sleep(0.2)
+    proc.wait(timeout=max(1.0, deadline - time.time()))
+    return seen
 
 
 def _on_loopback(line: str) -> bool:
