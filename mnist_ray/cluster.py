@@ -184,26 +184,46 @@ def _own_address_for_ray_processes(local: bool):
                 os.environ[key] = value
 
 
-def free_orphaned_placement_groups(settle_s: float = 2.0) -> int:
+def free_orphaned_placement_groups(settle_s: float = 2.0, wait_s: float = 30.0) -> int:
     """Remove the placement groups this job created that no actor uses; returns how many.
 
     Ray Train hands each worker group's placement group to a cleaner actor. When Tune stops a trial just as the
     trial's controller creates a worker group, the cleaner can miss it, and the group holds its CPUs for as long
     as the driver lives. Call it only when no run of this job is active (after a sweep); during one,
     :class:`PlacementGroupReaper` does this for the worker groups alone. A group unused now and again after
-    ``settle_s`` is an orphan. Needs the state API (the dashboard); without it nothing is removed.
+    ``settle_s`` is an orphan. A worker group still used when the sweep returns (a stopped trial's workers
+    shutting down) is watched for up to ``wait_s`` and removed once unused: one left so held the CPU a test's
+    next run needed, and that run waited forever (a CI check, 2026-11-26). Needs the state API (the
+    dashboard); without it nothing is removed.
     """
+    freed, deadline = 0, time.monotonic() + wait_s
     try:
-        orphans = _unused_groups(worker_groups_only=False)
-        if orphans:
-            time.sleep(settle_s)
-            orphans &= _unused_groups(worker_groups_only=False)
+        while True:
+            orphans = _unused_groups(worker_groups_only=False)
+            if orphans:
+                time.sleep(settle_s)
+                orphans &= _unused_groups(worker_groups_only=False)
+            for group in orphans:
+                _remove_group(group)
+            freed += len(orphans)
+            if not _job_groups(worker_groups_only=True) or time.monotonic() >= deadline:
+                return freed
+            time.sleep(1.0)
     except Exception as e:  # the state API is optional here: a missing dashboard must not fail a finished sweep
         logging.getLogger(__name__).debug("placement groups not checked: %s", e)
-        return 0
-    for group in orphans:
-        _remove_group(group)
-    return len(orphans)
+        return freed
+
+
+def _job_groups(worker_groups_only: bool) -> dict[str, object]:
+    """Created placement groups of this job by id; ``worker_groups_only``: those reserving CPUs or GPUs."""
+    from ray.util.state import list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    groups = list_placement_groups(detail=True, limit=10_000, raise_on_missing_output=False)
+    mine = [g for g in groups if g.creator_job_id == job and g.state == "CREATED"]
+    if worker_groups_only:
+        mine = [g for g in mine if any({"CPU", "GPU"} & set(b["unit_resources"]) for b in g.bundles or [])]
+    return {g.placement_group_id: g for g in mine}
 
 
 def _unused_groups(worker_groups_only: bool) -> set[str]:
@@ -212,16 +232,11 @@ def _unused_groups(worker_groups_only: bool) -> set[str]:
     ``worker_groups_only`` keeps the groups that reserve CPUs or GPUs: Ray Train's worker groups. A sweep's own
     trial groups reserve memory only (``tuning.make_tuner``), and Tune creates them ahead of their actors.
     """
-    from ray.util.state import list_actors, list_placement_groups
+    from ray.util.state import list_actors
 
-    job = ray.get_runtime_context().get_job_id()
     actors = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
     used = {a.placement_group_id for a in actors if a.placement_group_id and a.state != "DEAD"}
-    groups = list_placement_groups(detail=True, limit=10_000, raise_on_missing_output=False)
-    mine = [g for g in groups if g.creator_job_id == job and g.state == "CREATED"]
-    if worker_groups_only:
-        mine = [g for g in mine if any({"CPU", "GPU"} & set(b["unit_resources"]) for b in g.bundles or [])]
-    return {g.placement_group_id for g in mine} - used
+    return set(_job_groups(worker_groups_only)) - used
 
 
 def _remove_group(group_id: str) -> None:
