@@ -42,10 +42,11 @@ def test_weight_decay_skips_biases_and_norms():
 
 def test_cpu_threads_flush_denormals_to_zero():
     """Denormal floats (below 1.2e-38) slowed training steps 6.6-12.8x here; a worker's torch flushes them to zero."""
-    threads, tiny = torch.get_num_threads(), torch.tensor([1e-39])
-    flushing = (tiny * 1.0).item() == 0.0  # an earlier in-process loop of the suite may have set it
+    threads = torch.get_num_threads()
+    flushing = (torch.tensor([1e-39]) * 1.0).item() == 0.0  # an earlier in-process loop of the suite may set it
     try:
         torch.set_flush_denormal(False)
+        tiny = torch.tensor([1e-39])  # made after the flag is off: made while flushing, it would already be 0
         assert (tiny * 1.0).item() > 0  # torch's default: a denormal survives arithmetic
         models.set_cpu_threads(1)
         assert torch.get_num_threads() == 1 and (tiny * 1.0).item() == 0.0
