@@ -219,7 +219,7 @@ def _job_groups(worker_groups_only: bool) -> dict[str, object]:
     from ray.util.state import list_placement_groups
 
     job = ray.get_runtime_context().get_job_id()
-    groups = list_placement_groups(detail=True, limit=10_000, raise_on_missing_output=False)
+    groups = list_placement_groups(address=_state_address(), detail=True, limit=10_000, raise_on_missing_output=False)
     mine = [g for g in groups if g.creator_job_id == job and g.state == "CREATED"]
     if worker_groups_only:
         mine = [g for g in mine if any({"CPU", "GPU"} & set(b["unit_resources"]) for b in g.bundles or [])]
@@ -234,9 +234,18 @@ def _unused_groups(worker_groups_only: bool) -> set[str]:
     """
     from ray.util.state import list_actors
 
-    actors = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
+    actors = list_actors(address=_state_address(), detail=True, limit=10_000, raise_on_missing_output=False)
     used = {a.placement_group_id for a in actors if a.placement_group_id and a.state != "DEAD"}
     return set(_job_groups(worker_groups_only)) - used
+
+
+def _state_address() -> str:
+    """This driver's own GCS address for Ray's state API.
+
+    Given no address, the state API guesses "auto", which fails with two Ray instances on one machine (a sweep
+    beside another local job, or the suite run as two pytest processes): the checks above would then free nothing.
+    """
+    return ray.get_runtime_context().gcs_address
 
 
 def _remove_group(group_id: str) -> None:

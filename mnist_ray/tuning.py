@@ -316,6 +316,7 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
         grid = tuner.fit()
     wall_s = time.perf_counter() - start
     _say_freed(cluster.free_orphaned_placement_groups())
+    log.debug("post-sweep placement-group check: %.1f s", time.perf_counter() - start - wall_s)
     out = SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
     return replace(out, mlflow_run_id=tracking.log_sweep(run, out))  # with --mlflow-uri: reports, best checkpoint
 

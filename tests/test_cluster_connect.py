@@ -145,21 +145,29 @@ from ray.util.state import list_nodes
 def probe():
     return os.environ.get("RAY_ADDRESS"), len(list_nodes())  # the state API resolves its address as Ray Train does
 
-print(json.dumps([ray.get_runtime_context().gcs_address, *ray.get(probe.remote()), os.environ.get("RAY_ADDRESS")]))
+# the driver's own state API calls: a group no actor uses, freed after a sweep (it used to guess "auto" and fail)
+orphan = ray.util.placement_group([{"CPU": 1}])
+ray.get(orphan.ready(), timeout=60)
+freed = cluster.free_orphaned_placement_groups(settle_s=0.2, wait_s=0)
+gcs = ray.get_runtime_context().gcs_address
+print(json.dumps([gcs, *ray.get(probe.remote()), os.environ.get("RAY_ADDRESS"), freed]))
 """
 
 
 @pytest.mark.usefixtures("ray_session")  # a second Ray instance on this machine while the snippet starts its own
 def test_a_local_instance_beside_another_gives_its_processes_their_own_address(tmp_path):
-    """Ray Train's placement-group cleaner asks the state API with no address; with two Rays that used to fail."""
+    """Ray Train's placement-group cleaner asks the state API with no address; with two Rays that used to fail.
+
+    So did the driver's own post-sweep check, quietly freeing nothing."""
     env = {**job_env(tmp_path), "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp")}
     out = subprocess.run(
         [sys.executable, "-c", TWO_RAYS], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    gcs, seen_by_worker, nodes, driver_env = json.loads(out.stdout.strip().splitlines()[-1])
+    gcs, seen_by_worker, nodes, driver_env, freed = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen_by_worker == gcs and nodes == 1  # its own cluster, found without guessing
     assert driver_env is None  # the driver's own environment is left as it was
+    assert freed == 1  # the driver's state API calls name their own cluster too
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
