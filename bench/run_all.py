@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
 sweep, denormals, overhead, cpu_profile, levers, sweep_levers, layout_levers, fit_timeline, throughput_levers,
-suite_idle), then render docs/benchmarks.md.
+suite_idle, suite_idle_n2), then render docs/benchmarks.md.
 
 About 75 minutes on 2 cores; run nothing else meanwhile."""
 
@@ -38,7 +38,8 @@ BENCHES = {
     "sweep_levers": levers.sweeps,
     "layout_levers": levers.layout,
     "fit_timeline": fit_timeline.main,
-    "suite_idle": suite_idle.main,  # the whole test suite under a /proc sampler, about 13 minutes
+    "suite_idle": lambda: suite_idle.main([]),  # the whole test suite under a /proc sampler, about 13 minutes
+    "suite_idle_n2": lambda: suite_idle.main(["--processes", "2"]),  # the same in make test's 2 processes
 }
 
 

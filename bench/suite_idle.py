@@ -1,15 +1,18 @@
-"""Where the test suite leaves the 2 cores idle: ``make test`` in file order, with the machine's idle share sampled.
+"""Where the test suite leaves the 2 cores idle: the suite in file order, with the machine's idle share sampled.
 
-    python -m bench.suite_idle
+    python -m bench.suite_idle                 # one pytest process
+    python -m bench.suite_idle --processes 2   # make test's layout: two processes, one file at a time each
 
-Runs ``pytest -q -p no:randomly --durations=0`` while sampling /proc/stat every 0.5 s, then lays the tests end to
-end in collection order (setup + call + teardown each, from the durations) and gives each test of 4 s or more its
-mean idle share. Idle time is what a second test process could use at best: the bound on running tests in
-parallel. Results: bench/results/suite_idle.json. About 13 minutes on 2 cores.
+Runs ``pytest -q -p no:randomly --durations=0`` while sampling /proc/stat every 0.5 s. With one process it then
+lays the tests end to end in collection order (setup + call + teardown each, from the durations) and gives each
+test of 4 s or more its mean idle share: idle time is what a second test process could use at best. With several
+it records the wall time, the idle share and each file's summed test time. Results: bench/results/suite_idle.json
+(one process) or suite_idle_n2.json. About 10-13 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -51,16 +54,28 @@ def per_test(order: list[str], seconds: dict[str, float], timeline: list, offset
     return rows
 
 
-def main() -> None:
+def per_file(seconds: dict[str, float]) -> dict[str, float]:
+    """Summed setup + call + teardown seconds of each test file, slowest first."""
+    files: dict[str, float] = defaultdict(float)
+    for test, span in seconds.items():
+        files[test.split("::", 1)[0]] += span
+    return {f: round(s, 1) for f, s in sorted(files.items(), key=lambda kv: -kv[1])}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--processes", type=int, default=1, help="pytest processes (make test uses 2)")
+    processes = parser.parse_args(argv).processes
+    pytest = PYTEST + (["-n", str(processes), "--dist", "loadfile", "--no-loadscope-reorder"] if processes > 1 else [])
     collected = subprocess.run(
-        [common.PY, *PYTEST, "--collect-only"], cwd=common.REPO, capture_output=True, text=True, check=True
+        [common.PY, *pytest, "--collect-only"], cwd=common.REPO, capture_output=True, text=True, check=True
     )
     order = [ln.strip() for ln in collected.stdout.splitlines() if "::" in ln]
     stop, timeline = threading.Event(), []
     sampler = threading.Thread(target=sample_idle, args=(stop, timeline), daemon=True)
     sampler.start()
     started = time.monotonic()
-    run = subprocess.run([common.PY, *PYTEST, "--durations=0"], cwd=common.REPO, capture_output=True, text=True)
+    run = subprocess.run([common.PY, *pytest, "--durations=0"], cwd=common.REPO, capture_output=True, text=True)
     wall = time.monotonic() - started
     stop.set()
     sampler.join()
@@ -69,18 +84,19 @@ def main() -> None:
         if match := DURATION.match(line):
             seconds[match.group(2)] += float(match.group(1))
     offset = max(0.0, wall - sum(seconds.values()))  # collection and start-up come before the first test
-    rows = per_test(order, seconds, timeline, offset)
+    rows = per_test(order, seconds, timeline, offset) if processes == 1 else []
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
     failed = [ln for ln in run.stdout.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
     common.save(
-        "suite_idle",
+        "suite_idle" if processes == 1 else f"suite_idle_n{processes}",
         {
-            "command": "python -m bench.suite_idle  (pytest -q -p no:randomly --durations=0)",
+            "command": f"python -m bench.suite_idle --processes {processes}  ({' '.join(pytest[2:])} --durations=0)",
             "pytest": summary,
             "failed": failed,
             "wall_s": round(wall, 1),
             "mean_idle": round(sum(idle for _, idle in timeline) / max(1, len(timeline)), 3),
             "idle_core_s": round((os.cpu_count() or 1) * sum(idle for _, idle in timeline) * 0.5, 1),
+            "files": per_file(seconds),
             "tests_of_4s_or_more": sorted(rows, key=lambda r: -r["seconds"]),
         },
     )

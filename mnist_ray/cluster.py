@@ -116,16 +116,16 @@ def connect(num_cpus: int | None = None, verbose: bool = False, dashboard: bool 
     # was killed (a Tune trial stopped by ASHA); without it those CPUs leak and later trials wait forever. So it
     # takes a free port, not a busy 8265. A train or evaluation job's controller lives as long as its driver, and
     # the local instance, with its placement groups, ends with the driver: it needs no dashboard.
-    kwargs = {}
-    if target.address is None:
+    local, kwargs = target.address is None, {}
+    if local:
         kwargs = {"num_cpus": num_cpus, "include_dashboard": dashboard}
-        kwargs.update({"dashboard_port": _free_port()} if dashboard else {})
         _loopback_only()
         # One machine: no node of a local instance is preempted, so Train's preemption watcher (one more process
         # per run, polling) has nothing to watch.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     try:
-        with _own_address_for_ray_processes(target.address is None):
+        with _one_local_start_at_a_time(local), _own_address_for_ray_processes(local):
+            kwargs.update({"dashboard_port": _free_port(DASHBOARD_PORT)} if local and dashboard else {})
             ray.init(
                 address=target.address or "local",
                 logging_level=logging.INFO if verbose else logging.WARNING,
@@ -139,6 +139,28 @@ def connect(num_cpus: int | None = None, verbose: bool = False, dashboard: bool 
             "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
         ) from None
     print(describe(target), flush=True)
+
+
+@contextlib.contextmanager
+def _one_local_start_at_a_time(local: bool):
+    """Hold a machine-wide lock while a new local instance picks its dashboard port and starts.
+
+    The port is picked free, then bound by Ray's dashboard a few seconds later. Two local instances starting at
+    once (two jobs, or the suite's two pytest processes) both found 8265 free, and the second one's start failed
+    on it. Under the lock the second start sees 8265 taken and picks another free port.
+    """
+    if not local:
+        yield
+        return
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "mnist_ray_local_start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _loopback_only() -> None:
@@ -328,7 +350,7 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _free_port(first: int | None = DASHBOARD_PORT) -> int:
+def _free_port(first: int | None) -> int:
     """A TCP port that is free right now: ``first`` when available (8265 for the dashboard), else any."""
     for port in (first, 0) if first else (0,):
         with socket.socket() as s:

@@ -171,6 +171,34 @@ def test_a_local_instance_beside_another_gives_its_processes_their_own_address(t
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
+# A local instance that prefers the free port given (8265 in real use) for its dashboard; prints the port it got.
+PREFERRED_DASHBOARD = """
+import sys
+from mnist_ray import cluster
+cluster.DASHBOARD_PORT = int(sys.argv[1])
+cluster.connect(num_cpus=1)
+import ray
+print(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1])
+"""
+
+
+def test_two_local_starts_at_once_both_get_a_dashboard(tmp_path):
+    """Both found the preferred port free and the second start failed on it; a machine-wide lock serializes them."""
+    port = free_ports(1)[0]  # free now, as 8265 is on a machine without Ray
+    env = {**job_env(tmp_path), "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp")}
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", PREFERRED_DASHBOARD, str(port)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    got = [p.communicate(timeout=120)[0].strip().splitlines() for p in starts]
+    assert [p.returncode for p in starts] == [0, 0], got
+    ports = sorted(int(lines[-1]) for lines in got)
+    assert port in ports and len(set(ports)) == 2  # one took the preferred port, the other another free one
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_placement_groups_no_actor_uses_are_freed_and_used_ones_kept():
     """What a sweep does after its trials: a group a stopped trial's controller left behind gives its CPU back."""
