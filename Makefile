@@ -16,8 +16,8 @@ train: $(STAMP)  ## train the default CNN, then evaluate it on the test set
 	$(PY) jobs/train.py --evaluate $(ARGS)
 
 TEST_PROCESSES ?= 2
-test: $(STAMP)  ## the whole suite (real Ray, real MNIST subsets), one file at a time in each of 2 processes
-	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder $(ARGS)
+test: $(STAMP)  ## the whole suite (real Ray, real MNIST subsets) in 2 processes, one lane each (tests/conftest.py)
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup $(ARGS)
 
 test-fast: $(STAMP)  ## skip the slow fault/cluster tests
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -45,33 +45,30 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(f"random test order: --randomly-seed={seed} (file order: -p no:randomly)")
 
 
-# Seconds each slow file took in one serial run (python -m bench.suite_idle, 2026-11-26). With `make test`'s two
-# processes (pytest-xdist, one file at a time each) the slowest files go first, so neither process is left with a
-# long file at the end while the other waits. A stale figure costs time, never a result.
-FILE_SECONDS = {
-    "test_tuning.py": 130,
-    "test_cluster_jobs.py": 100,
-    "test_faults.py": 75,
-    "test_tracking.py": 70,
-    "test_training.py": 60,
-    "test_evaluation.py": 55,
-    "test_compare.py": 50,
-    "test_s3_jobs.py": 45,
-    "test_cluster_connect.py": 40,
-    "test_multinode.py": 30,
+# `make test` runs the suite in two pytest processes (pytest-xdist, --dist loadgroup), one lane each. This lane holds
+# the files whose tests mostly wait on other processes (job subprocesses with their own Ray, ray start heads, the
+# multi-node cluster) and the sweeps; the other lane holds the rest: in-process runs on the shared Ray, and every
+# user of the session's tiny_run, so that run is trained once. In one serial run (python -m bench.suite_idle,
+# 2026-11-26) each lane took about 350 s.
+OWN_PROCESSES_LANE = {
+    "test_tuning.py",
+    "test_cluster_jobs.py",
+    "test_cluster_connect.py",
+    "test_multinode.py",
+    "test_s3_jobs.py",
 }
 
 
-def pytest_collection_modifyitems(config, items):
-    """--reverse: the last test first, to prove no test depends on another having run.
+def pytest_itemcollected(item):
+    """Put each test in its lane (an xdist_group: with --dist loadgroup, one process runs each group in turn)."""
+    lane = "own-processes" if item.path.name in OWN_PROCESSES_LANE else "shared-ray"
+    item.add_marker(pytest.mark.xdist_group(lane))
 
-    In several processes (``-n``), files are ordered slowest first; within a file, and among the fast files, the
-    order stays pytest-randomly's (a stable sort).
-    """
+
+def pytest_collection_modifyitems(config, items):
+    """--reverse: the last test first, to prove no test depends on another having run."""
     if config.getoption("--reverse"):
         items.reverse()
-    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
-        items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))
 
 
 @pytest.fixture(scope="session")
