@@ -17,7 +17,7 @@ train: $(STAMP)  ## train the default CNN, then evaluate it on the test set
 
 TEST_PROCESSES ?= 2
 test: $(STAMP)  ## the whole suite (real Ray, real MNIST subsets) in 2 processes, one lane each (tests/conftest.py)
-	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --lanes $(ARGS)
 
 test-fast: $(STAMP)  ## skip the slow fault/cluster tests
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--processes", type=int, default=1, help="pytest processes (make test uses 2)")
     processes = parser.parse_args(argv).processes
-    pytest = PYTEST + (["-n", str(processes), "--dist", "loadgroup"] if processes > 1 else [])
+    pytest = PYTEST + (["-n", str(processes), "--lanes"] if processes > 1 else [])
     collected = subprocess.run(
         [common.PY, *pytest, "--collect-only"], cwd=common.REPO, capture_output=True, text=True, check=True
     )
