@@ -15,9 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 train: $(STAMP)  ## train the default CNN, then evaluate it on the test set
 	$(PY) jobs/train.py --evaluate $(ARGS)
 
-TEST_PROCESSES ?= 2
-test: $(STAMP)  ## the whole suite (real Ray, real MNIST subsets) in 2 processes, one lane each (tests/conftest.py)
-	$(PY) -m pytest -q -n $(TEST_PROCESSES) --lanes $(ARGS)
+test: $(STAMP)  ## the whole suite (real Ray, real MNIST subsets)
+	$(PY) -m pytest -q $(ARGS)
 
 test-fast: $(STAMP)  ## skip the slow fault/cluster tests
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -39,7 +39,7 @@ BENCHES = {
     "layout_levers": levers.layout,
     "fit_timeline": fit_timeline.main,
     "suite_idle": lambda: suite_idle.main([]),  # the whole test suite under a /proc sampler, about 13 minutes
-    "suite_idle_n2": lambda: suite_idle.main(["--processes", "2"]),  # the same in make test's 2 processes
+    "suite_idle_n2": lambda: suite_idle.main(["--processes", "2"]),  # the same in 2 pytest processes (xdist)
 }
 
 

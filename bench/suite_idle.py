@@ -1,7 +1,7 @@
 """Where the test suite leaves the 2 cores idle: the suite in file order, with the machine's idle share sampled.
 
     python -m bench.suite_idle                 # one pytest process
-    python -m bench.suite_idle --processes 2   # make test's layout: two processes, one lane each
+    python -m bench.suite_idle --processes 2   # two processes (pytest-xdist), one test file at a time each
 
 Runs ``pytest -q -p no:randomly --durations=0`` while sampling /proc/stat every 0.5 s. With one process it then
 lays the tests end to end in collection order (setup + call + teardown each, from the durations) and gives each
@@ -64,9 +64,9 @@ def per_file(seconds: dict[str, float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--processes", type=int, default=1, help="pytest processes (make test uses 2)")
+    parser.add_argument("--processes", type=int, default=1, help="pytest processes (make test uses 1)")
     processes = parser.parse_args(argv).processes
-    pytest = PYTEST + (["-n", str(processes), "--lanes"] if processes > 1 else [])
+    pytest = PYTEST + (["-n", str(processes), "--dist", "loadfile"] if processes > 1 else [])
     collected = subprocess.run(
         [common.PY, *pytest, "--collect-only"], cwd=common.REPO, capture_output=True, text=True, check=True
     )

@@ -36,7 +36,6 @@ TINY = {"epochs": 2, "train_limit": 2048, "val_size": 512, "batch_size": 64, "au
 
 def pytest_addoption(parser):
     parser.addoption("--reverse", action="store_true", help="run the collected tests in reverse order")
-    parser.addoption("--lanes", action="store_true", help="with -n 2: one process per lane (see OWN_PROCESSES_LANE)")
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -44,39 +43,6 @@ def pytest_terminal_summary(terminalreporter, config):
     seed = getattr(config.option, "randomly_seed", None)
     if seed is not None and config.pluginmanager.hasplugin("randomly"):
         terminalreporter.write_line(f"random test order: --randomly-seed={seed} (file order: -p no:randomly)")
-
-
-# `make test` runs the suite in two pytest processes (pytest-xdist with --lanes), one lane each. This lane holds the
-# files whose tests mostly wait on other processes (job subprocesses with their own Ray, ray start heads, the
-# multi-node cluster) and the sweeps; the other lane holds the rest: in-process runs on the shared Ray, and every
-# user of the session's tiny_run, so that run is trained once. In one serial run (python -m bench.suite_idle,
-# 2026-11-26) each lane took about 350 s.
-OWN_PROCESSES_LANE = {
-    "test_tuning.py",
-    "test_cluster_jobs.py",
-    "test_cluster_connect.py",
-    "test_multinode.py",
-    "test_s3_jobs.py",
-}
-
-
-def lane(nodeid: str) -> str:
-    """The lane (one pytest process's share of the suite) of a test, by its file."""
-    return "own-processes" if nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in OWN_PROCESSES_LANE else "shared-ray"
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """--lanes: each xdist process takes one whole lane (its tests in pytest-randomly's order); else xdist's own."""
-    if not config.getoption("--lanes"):
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class LaneScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return lane(nodeid)
-
-    return LaneScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
