@@ -93,7 +93,7 @@ def goals() -> list[str]:
     if r := _load("sweep"):
         ok = _ok(r["wall_s"] <= 240)
         rows.append(f"| 8-trial sweep on full MNIST <= 240 s (issue 14) | {r['wall_s']:.0f} s | {ok} |")
-    for name, layout in (("suite_idle", "one process, as `make test`"), ("suite_idle_n2", "two xdist processes")):
+    for name, layout in (("suite_idle", "one process (make test's layout)"), ("suite_idle_n2", "two xdist processes")):
         if r := _load(name):
             rows.append(
                 f"| `make test` <= 300 s (issue 14), file order, {layout}, {r['date']} | {r['wall_s']:.0f} s "
