@@ -314,9 +314,10 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
         storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")
     with cluster.PlacementGroupReaper(on_free=_say_freed):
         grid = tuner.fit()
-    wall_s = time.perf_counter() - start
+    ended = time.perf_counter()
+    wall_s = ended - start
     _say_freed(cluster.free_orphaned_placement_groups())
-    log.debug("post-sweep placement-group check: %.1f s", time.perf_counter() - start - wall_s)
+    log.debug("post-sweep placement-group check: %.1f s", time.perf_counter() - ended)
     out = SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
     return replace(out, mlflow_run_id=tracking.log_sweep(run, out))  # with --mlflow-uri: reports, best checkpoint
 
