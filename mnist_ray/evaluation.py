@@ -1,7 +1,9 @@
 """Batch evaluation of a checkpoint on the 10k test set with Ray Data, and the metrics derived from it.
 
-Inference runs as ``map_batches`` over an actor pool: each actor loads the model once (from the
-checkpoint state shared through the object store) and scores many batches.
+Inference runs as ``map_batches`` in Ray tasks: each worker process loads the model once per evaluation and scores
+many batches. Tasks, not an actor pool, because Ray reuses its idle worker processes for tasks: a process that
+imported torch for one evaluation scores the next one at once, where an actor pool started fresh processes for every
+evaluation (about 4.5 of each call's 5.5 s on 2 cores; ``python -m bench.eval_pool``, bench/NOTES.md).
 """
 
 from __future__ import annotations
@@ -72,11 +74,11 @@ batches of 1,000 (NCHW) and 0.66 s in chunks of 256 (NHWC), medians of 3 (bench/
 
 
 class Predictor:
-    """Ray Data callable class: holds the model, maps a batch of images to predictions.
+    """Holds the model and maps a batch of images to predictions: one per worker process and evaluation.
 
-    Each actor reads the checkpoint itself (a path every node reaches: one node, or a URI), so no
-    large constructor argument goes through the object store; only a multi-node cluster with a
-    checkpoint on the driver's local disk gets the state as an object-store reference instead.
+    Each process reads the checkpoint itself (a path every node reaches: one node, or a URI), so no
+    large argument goes through the object store; only a multi-node cluster with a checkpoint on the
+    driver's local disk gets the state as an object-store reference instead.
     """
 
     def __init__(self, source: dict[str, Any], use_gpu: bool = False, threads: int = 1) -> None:
@@ -131,7 +133,7 @@ class Evaluation:
 def predict(
     prep: Prepared, use_gpu: bool = False, actors: int = 2, batch_size: int = 1000, progress: bool = False
 ) -> Evaluation:
-    """Score every test image with Ray Data over ``actors`` model replicas; Ray must be initialised.
+    """Score every test image with Ray Data, ``actors`` model replicas at once; Ray must be initialised.
 
     ``progress`` turns on Ray Data's per-operator progress output.
     """
@@ -152,11 +154,15 @@ def score(
     actors: int = 2,
     batch_size: int = 1000,
     progress: bool = False,
+    pool: str = "tasks",
 ) -> pd.DataFrame:
-    """Map ``frame`` (an ``image`` column of uint8 28x28 arrays) through ``fn`` on a Ray Data actor pool.
+    """Map ``frame`` (an ``image`` column of uint8 28x28 arrays) through ``fn``, ``actors`` replicas at once.
 
-    ``fn`` is :class:`Predictor` or a subclass (the prediction job's); rows come back in any order.
+    ``fn`` is :class:`Predictor` or a subclass (the prediction job's); rows come back in any order. ``pool="actors"``
+    is the actor pool that the tasks replaced, kept for the A/B of ``bench/eval_pool.py``.
     """
+    import uuid
+
     import ray
 
     if use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
@@ -169,17 +175,35 @@ def score(
     source = {"ref": [ray.put(state)]} if local_only else {"path": checkpoint}
     bounds = np.linspace(0, len(frame), actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
+    kwargs = {"source": source, "use_gpu": use_gpu}
+    if pool == "actors":
+        mapped = {"fn": fn, "fn_constructor_kwargs": kwargs, "compute": ray.data.ActorPoolStrategy(size=actors)}
+    else:
+        kwargs.update(scorer=fn, evaluation=uuid.uuid4().hex)
+        mapped = {"fn": _score_batch, "fn_kwargs": kwargs, "compute": ray.data.TaskPoolStrategy(size=actors)}
     scored = ds.map_batches(
-        fn,
-        fn_constructor_kwargs={"source": source, "use_gpu": use_gpu},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=1,
-        num_gpus=1 if use_gpu else 0,
+        **mapped, batch_size=batch_size, batch_format="numpy", num_cpus=1, num_gpus=1 if use_gpu else 0
     )
     with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
         return scored.to_pandas()
+
+
+_LOADED: dict[str, Any] = {}
+"""This worker process's model for the evaluation in progress: ``{"evaluation": id, "scorer": Predictor}``."""
+
+
+def _score_batch(
+    batch: dict[str, np.ndarray], scorer: type, source: dict[str, Any], use_gpu: bool, evaluation: str
+) -> dict[str, np.ndarray]:
+    """Ray Data task: score ``batch`` with this process's model, built once per evaluation.
+
+    The model is kept under the evaluation's id, so the next evaluation (perhaps of a rewritten checkpoint at the
+    same path) reads its checkpoint again, and an idle process holds one model at most.
+    """
+    if _LOADED.get("evaluation") != evaluation:
+        _LOADED.clear()
+        _LOADED.update(evaluation=evaluation, scorer=scorer(source, use_gpu))
+    return _LOADED["scorer"](batch)
 
 
 def confusion(predictions: pd.DataFrame, classes: int = 10) -> np.ndarray:

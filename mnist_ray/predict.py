@@ -5,7 +5,7 @@ or one file, each file being an image Pillow reads (PNG, JPEG, ...), an IDX imag
 Parquet file with an image column. Every image is decoded on the driver before Ray starts, so a batch with no
 readable image is bad input that costs no Ray work, and an unreadable file becomes one output row with its
 reason instead of stopping the batch. The 28x28 uint8 results are as small as the test set the evaluation
-scores, and go through the same actor pool (:func:`mnist_ray.evaluation.score`).
+scores, and go through the same Ray Data tasks (:func:`mnist_ray.evaluation.score`).
 
 Conversion to what the model was trained on (white digit on black, 28x28, MNIST's framing):
 

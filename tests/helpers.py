@@ -80,5 +80,25 @@ def run_submit(*args: str, address: str | None = None, auth: str = "token", time
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def mlflow_client(uri: str):
+    """An MLflow client of the store at ``uri`` (imported here: MLflow is an optional extra)."""
+    import mlflow
+
+    return mlflow.MlflowClient(uri)
+
+
+def mlflow_artifacts(client, run_id: str, folder: str = "") -> set[str]:
+    """Every artifact file of an MLflow run, as paths relative to its root."""
+    found = set()
+    for item in client.list_artifacts(run_id, folder or None):
+        found |= mlflow_artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def mlflow_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of each logged value of metric ``key``, by step."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
 def error_lines(out: subprocess.CompletedProcess) -> list[str]:
     return [line for line in out.stderr.splitlines() if line.startswith("error:")]

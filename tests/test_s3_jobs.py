@@ -1,4 +1,7 @@
-"""Every job input and output on s3:// (a real S3 API: moto's server on 127.0.0.1), through the jobs' main()."""
+"""Every job input and output on s3:// (a real S3 API: moto's server on 127.0.0.1), through the jobs' main().
+
+The tune job's outputs on s3:// are checked by tests/test_tuning.py's ASHA sweep (one sweep for both).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,7 @@ import pandas as pd
 import pytest
 
 from mnist_ray import checkpoints, evaluation, storage
-from mnist_ray.config import load_config
-from mnist_ray.jobs import evaluate, train, tune
+from mnist_ray.jobs import evaluate, train
 from tests.conftest import REPORT_FILES
 from tests.helpers import assert_one_line_error, call
 from tests.s3 import make_bucket
@@ -61,16 +63,3 @@ def test_bad_uris_are_one_error_line_before_any_work(prefix, capsys, tmp_path):
     result = call(evaluate.main, capsys, "--run", f"{prefix}/none", "--reports", str(tmp_path))
     assert_one_line_error(result, "has no best_checkpoint/model.pt")
     assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.slow
-def test_tune_with_outputs_on_s3_and_its_best_config_read_from_there(prefix, capsys):
-    sweeps = f"{prefix}/sweeps"
-    args = [*SMALL, "--output", sweeps, "--name", "s3sweep", "--num-samples", "2", "--optimizers", "adam"]
-    result = call(tune.main, capsys, *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    sweep = f"{sweeps}/s3sweep"
-    assert len(_parquet(f"{sweep}/trials.parquet")) == 2
-    assert storage.is_file(f"{sweep}/{checkpoints.BEST}") and storage.is_file(f"{sweep}/tune.png")
-    best = load_config("default", f"{sweep}/best.json")  # what train.py --config s3://.../best.json reads
-    assert best.optimizer == "adam" and best.batch_size == 64

@@ -1,8 +1,9 @@
-"""MLflow tracking against a real local store: a tracked run, its resume, its evaluations and a sweep, read back.
+"""MLflow tracking against a real local store: a tracked run, its resume and its evaluations, read back.
 
-Each Ray test logs into its own ``sqlite:`` store under tmp_path and reads the runs, parameters, per-epoch
-metric histories and artifacts back with ``mlflow.MlflowClient``. The fast tests check that without a URI
-nothing imports MLflow, and that every bad URI is one error line before Ray starts.
+The Ray test logs into its own ``sqlite:`` store under tmp_path and reads the runs, parameters, per-epoch
+metric histories and artifacts back with ``mlflow.MlflowClient``; a tracked sweep is read back by the sweep test
+of tests/test_tuning.py. The fast tests check that without a URI nothing imports MLflow, and that every bad URI
+is one error line before Ray starts.
 """
 
 from __future__ import annotations
@@ -15,36 +16,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from mnist_ray import tracking, tuning
-from mnist_ray.config import RunOptions, TrainConfig
+from mnist_ray import tracking
+from mnist_ray.config import TrainConfig
 from mnist_ray.errors import ConfigError
 from mnist_ray.jobs import evaluate, train, tune
 from tests.conftest import REPO, REPORT_FILES, TINY
-from tests.helpers import JobResult, assert_one_line_error, call
+from tests.helpers import JobResult, assert_one_line_error, call, mlflow_artifacts, mlflow_client, mlflow_history
 
 TINY_FLAGS = ["--epochs", "2", "--train-limit", "2048", "--val-size", "512", "--batch-size", "64", "--no-augment"]
 TINY_FLAGS += ["--lr", str(TINY["lr"])]
 EPOCH_METRICS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s", "images_per_s"}
-
-
-def _client(uri: str):
-    import mlflow
-
-    return mlflow.MlflowClient(uri)
-
-
-def _artifacts(client, run_id: str, folder: str = "") -> set[str]:
-    """Every artifact file of a run, as paths relative to its root."""
-    found = set()
-    for item in client.list_artifacts(run_id, folder or None):
-        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
-    return found
-
-
-def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 def test_uris_resolve_to_absolute_stores(tmp_path, monkeypatch):
@@ -117,7 +101,7 @@ def test_a_local_store_is_refused_on_a_multi_node_cluster(tmp_path, monkeypatch)
 
 def test_a_failed_or_interrupted_run_is_marked_so(tmp_path):
     uri = tracking.check(f"sqlite:///{tmp_path}/mlflow.db")
-    client = _client(uri)
+    client = mlflow_client(uri)
     for error, status in [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED"), (None, "FINISHED")]:
         run = tracking._new_run(uri, tracking.EXPERIMENT, status.lower(), {})
         with pytest.raises(error) if error else contextlib.nullcontext(), tracking.ended(run):
@@ -138,24 +122,31 @@ def test_mlflow_not_installed_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_a_tracked_run_its_resume_and_its_evaluations(tmp_path, capsys):
-    """One MLflow run per training run: parameters, each epoch once (across a resume), outputs, evaluations."""
+def test_a_tracked_run_repeats_the_tiny_run_resumes_by_name_and_logs_its_evaluations(tiny_run, tmp_path, capsys):
+    """A second run of the suite's tiny config, through the train job with MLflow on, then resumed by its name.
+
+    The same seed and layout give the tiny run's metrics exactly; the resume runs only the new epoch and keeps the
+    earlier ones unchanged. One MLflow run per training run: parameters, each epoch once (across the resume),
+    outputs, evaluations. (One scenario, not two: each run costs a Ray Train start, ~15 s.)
+    """
     uri, runs, reps = f"sqlite:///{tmp_path}/ml/mlflow.db", tmp_path / "runs", tmp_path / "reports"
     base = [*TINY_FLAGS, "--name", "tracked", "--output", str(runs), "--mlflow-uri", uri]
     first = call(train.main, capsys, *base, "--evaluate", "--reports", str(reps))
     assert first.returncode == 0, first.stderr[-3000:]
+    cols = ["train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    before = pd.read_parquet(runs / "tracked" / "history.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tiny_run[2].history)[cols], before[cols])  # the same seed
     record = json.loads((runs / "tracked" / tracking.RECORD).read_text())
-    client = _client(uri)
+    client = mlflow_client(uri)
     run = client.get_run(record["run_id"])
     assert f"mlflow run: {record['run_id']} in {uri}" in " ".join(first.stdout.split())
     assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == tracking.EXPERIMENT
     assert run.data.params == {k: str(v) for k, v in TrainConfig(**TINY).to_dict().items()}
     assert set(run.data.metrics) >= EPOCH_METRICS | {"best_val_acc", "best_epoch", "test_accuracy", "test_macro_f1"}
-    assert [step for step, _ in _history(client, run.info.run_id, "val_acc")] == [1, 2]
+    assert [step for step, _ in mlflow_history(client, run.info.run_id, "val_acc")] == [1, 2]
     (report,) = [p.name for p in reps.iterdir() if p.is_dir()]
-    assert _artifacts(client, run.info.run_id) == {
+    assert mlflow_artifacts(client, run.info.run_id) == {
         "curves.png",
         "history.parquet",
         "config.json",
@@ -166,8 +157,12 @@ def test_a_tracked_run_its_resume_and_its_evaluations(tmp_path, capsys):
 
     again = call(train.main, capsys, *base, "--epochs", "3")  # resumes: the same MLflow run, epoch 3 only
     assert again.returncode == 0, again.stderr[-3000:]
+    assert [ln.split()[1] for ln in again.stdout.splitlines() if ln.startswith("epoch ")] == ["3/3"]
+    after = pd.read_parquet(runs / "tracked" / "history.parquet")
+    assert after["epoch"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(after.iloc[:2], before)  # earlier epochs kept exactly once, unchanged
     resumed = client.get_run(run.info.run_id)
-    assert [step for step, _ in _history(client, run.info.run_id, "val_acc")] == [1, 2, 3]
+    assert [step for step, _ in mlflow_history(client, run.info.run_id, "val_acc")] == [1, 2, 3]
     assert resumed.data.params["epochs"] == "2" and resumed.data.tags["resumed_with.epochs"] == "3"
     assert json.loads((runs / "tracked" / tracking.RECORD).read_text()) == record
     _evaluations_of_a_tracked_and_an_untracked_checkpoint(client, uri, runs / "tracked", tmp_path, capsys)
@@ -183,41 +178,10 @@ def _evaluations_of_a_tracked_and_an_untracked_checkpoint(client, uri: str, run_
     result = call(evaluate.main, capsys, *args, "--run-id", "ev", "--mlflow-uri", uri)
     assert result.returncode == 0, result.stderr[-3000:]
     run_id = json.loads((run_dir / tracking.RECORD).read_text())["run_id"]
-    assert len(_history(client, run_id, "test_accuracy")) == 2  # train --evaluate, then this evaluation
-    assert {f"evaluation/ev-tracked/{name}" for name in REPORT_FILES} <= _artifacts(client, run_id)
+    assert len(mlflow_history(client, run_id, "test_accuracy")) == 2  # train --evaluate, then this evaluation
+    assert {f"evaluation/ev-tracked/{name}" for name in REPORT_FILES} <= mlflow_artifacts(client, run_id)
     experiment = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
     (own,) = client.search_runs([experiment], "attributes.run_name = 'evaluate-ev-loose'")
     assert own.data.params["checkpoint"] == str(loose) and own.info.status == "FINISHED"
     assert own.data.metrics["test_accuracy"] == pytest.approx(client.get_run(run_id).data.metrics["test_accuracy"])
-    assert _artifacts(client, own.info.run_id) == {f"evaluation/ev-loose/{name}" for name in REPORT_FILES}
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("ray_session")
-@pytest.mark.timeout(150, method="signal")  # a 1-trial sweep, ~25 s; see SWEEP_TIMEOUT_S in test_tuning.py
-@pytest.mark.flaky(reruns=1)
-def test_a_tracked_sweep_logs_each_trial_and_its_reports(tmp_path):
-    """Ray Tune's MLflowLoggerCallback: one run per trial (config, each epoch, Tune's files); a run of the sweep."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run = RunOptions(name="tracked-sweep", output=str(tmp_path / "runs"), mlflow_uri=tracking.check(uri))
-    base = TrainConfig(**{**TINY, "epochs": 1})
-    space = tuning.SearchSpace(lr_values=(3e-3, 1e-3), optimizers=("adam",))
-    out = tuning.sweep(tuning.preflight(base, space, tuning.SweepOptions(num_samples=1), run), run)
-    client = _client(uri)
-    experiment = client.get_experiment_by_name(tracking.sweep_experiment("tracked-sweep")).experiment_id
-    runs = client.search_runs([experiment])
-    trials = [r for r in runs if r.data.tags.get("mnist_ray.kind") == "trial"]
-    assert sorted(float(r.data.params["lr"]) for r in trials) == [1e-3, 3e-3]
-    for trial in trials:
-        assert trial.info.status == "FINISHED" and len(_history(client, trial.info.run_id, "val_acc")) == 1
-        files = _artifacts(client, trial.info.run_id)
-        assert {"params.json", "result.json"} <= files and any(f.startswith("events.out.tfevents") for f in files)
-    (summary,) = [r for r in runs if r.data.tags.get("mnist_ray.kind") == "sweep"]
-    assert summary.info.run_id == out.mlflow_run_id and summary.info.run_name == "tracked-sweep"
-    assert summary.data.metrics["best_val_acc"] == pytest.approx(out.best_val_acc)
-    assert summary.data.params["lr"] == str(json.loads(Path(out.best_config).read_text())["lr"])
-    expected = {"trials.parquet", "tune.png", "best.json", "best_checkpoint/model.pt"}
-    assert _artifacts(client, summary.info.run_id) == expected
-    sweep_dir = tmp_path / "runs" / "tracked-sweep"
-    assert json.loads((sweep_dir / tracking.RECORD).read_text())["run_id"] == out.mlflow_run_id
-    assert len(list(sweep_dir.glob("run_trial_*/events.out.tfevents.*"))) == 2  # TensorBoard's, as the README says
+    assert mlflow_artifacts(client, own.info.run_id) == {f"evaluation/ev-loose/{name}" for name in REPORT_FILES}

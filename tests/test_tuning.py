@@ -1,23 +1,27 @@
-"""Ray Tune sweeps of the shared training loop on 2 CPUs: outputs, sampled parameters, ASHA, resume."""
+"""Ray Tune sweeps of the shared training loop on 2 CPUs: outputs, sampled parameters, MLflow, ASHA, resume."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from matplotlib import image
 
-from mnist_ray import tuning
+from mnist_ray import checkpoints, storage, tracking, tuning
 from mnist_ray.config import RunOptions, TrainConfig, load_config
 from mnist_ray.errors import ConfigError, ResourceError
+from mnist_ray.jobs import tune
 from tests.conftest import REPO, TINY
-from tests.helpers import cluster_env
+from tests.helpers import call, cluster_env, mlflow_artifacts, mlflow_client, mlflow_history
+from tests.s3 import make_bucket
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 # Ray Tune 2.60 can deadlock a trial whose step is in flight while ASHA stops it (FunctionTrainable.step blocks on
@@ -27,10 +31,11 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 # ASHA test in a CI run of 2026-11-26: 1108 s instead of ~820 s), so the limit is 3x the slowest, not 300 s.
 SWEEP_TIMEOUT_S = 150
 BASE = TrainConfig(**{**TINY, "epochs": 2})
+TINY_FLAGS = ["--epochs", "2", "--train-limit", "2048", "--val-size", "512", "--batch-size", "64", "--no-augment"]
 
 
-def _sweep(tmp_path, name: str, space: tuning.SearchSpace, **options) -> tuning.SweepResult:
-    run = RunOptions(name=name, output=str(tmp_path))
+def _sweep(tmp_path, name: str, space: tuning.SearchSpace, mlflow_uri: str = "", **options) -> tuning.SweepResult:
+    run = RunOptions(name=name, output=str(tmp_path), mlflow_uri=mlflow_uri)
     return tuning.sweep(tuning.preflight(BASE, space, tuning.SweepOptions(**options), run), run)
 
 
@@ -46,9 +51,11 @@ def _sampled(sweep_dir: Path) -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.timeout(SWEEP_TIMEOUT_S, method="signal")
 @pytest.mark.flaky(reruns=1)
-def test_sweep_of_four_trials_on_two_cpus(tmp_path):
+def test_sweep_of_four_trials_on_two_cpus_tracked_in_mlflow(tmp_path):
+    """Four sampled trials, two at a time, with MLflow on (one sweep for both: each costs ~40 s)."""
     space = tuning.SearchSpace(lr_min=1e-3, lr_max=1e-2, optimizers=("adam", "sgd"))
-    out = _sweep(tmp_path, "four", space, num_samples=4)
+    uri = tracking.check(f"sqlite:///{tmp_path}/mlflow.db")
+    out = _sweep(tmp_path, "four", space, mlflow_uri=uri, num_samples=4)
     trials = pd.read_parquet(out.trials)
     assert len(trials) == 4 and trials["error"].isna().all()
     sampled = _sampled(tmp_path / "four")
@@ -66,19 +73,55 @@ def test_sweep_of_four_trials_on_two_cpus(tmp_path):
     assert not {"epochs", "train_limit", "num_workers"} & set(saved) and best.epochs == 12 and best.train_limit == 0
     assert saved["batch_size"] == 64 and saved["val_size"] == 512
     assert image.imread(out.plot).shape[1] > 400 and Path(out.best_checkpoint).is_file()
+    _check_tracked_sweep(uri, out, trials, tmp_path / "four")
+
+
+def _check_tracked_sweep(uri: str, out: tuning.SweepResult, trials: pd.DataFrame, sweep_dir: Path) -> None:
+    """Ray Tune's MLflowLoggerCallback: one run per trial (config, each epoch, Tune's files); a run of the sweep."""
+    client = mlflow_client(uri)
+    experiment = client.get_experiment_by_name(tracking.sweep_experiment(sweep_dir.name)).experiment_id
+    runs = client.search_runs([experiment])
+    logged = {float(r.data.params["lr"]): r for r in runs if r.data.tags.get("mnist_ray.kind") == "trial"}
+    assert sorted(logged) == sorted(trials["lr"])
+    for row in trials.itertuples():
+        trial = logged[row.lr]
+        assert trial.info.status == "FINISHED" and trial.data.params["optimizer"] == row.optimizer
+        assert len(mlflow_history(client, trial.info.run_id, "val_acc")) == row.epochs_completed
+        files = mlflow_artifacts(client, trial.info.run_id)
+        assert {"params.json", "result.json"} <= files and any(f.startswith("events.out.tfevents") for f in files)
+    (summary,) = [r for r in runs if r.data.tags.get("mnist_ray.kind") == "sweep"]
+    assert summary.info.run_id == out.mlflow_run_id and summary.info.run_name == sweep_dir.name
+    assert summary.data.metrics["best_val_acc"] == pytest.approx(out.best_val_acc)
+    assert summary.data.params["lr"] == str(json.loads(Path(out.best_config).read_text())["lr"])
+    expected = {"trials.parquet", "tune.png", "best.json", "best_checkpoint/model.pt"}
+    assert mlflow_artifacts(client, summary.info.run_id) == expected
+    assert json.loads((sweep_dir / tracking.RECORD).read_text())["run_id"] == out.mlflow_run_id
+    assert len(list(sweep_dir.glob("run_trial_*/events.out.tfevents.*"))) == len(
+        trials
+    )  # TensorBoard's, as the README says
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(SWEEP_TIMEOUT_S, method="signal")
 @pytest.mark.flaky(reruns=1)
-def test_asha_stops_a_poor_trial_early(tmp_path):
-    """Sequential grid: a good lr reaches rung 1 first, so a hopeless lr (1e-6) falls below the cutoff."""
-    space = tuning.SearchSpace(lr_values=(3e-3, 1e-6), optimizers=("adam",))
-    out = _sweep(tmp_path, "asha", space, num_samples=1, max_concurrent=1)
-    trials = pd.read_parquet(out.trials).set_index("lr")
+def test_a_sweep_job_on_s3_whose_asha_stops_a_poor_trial_early(capsys):
+    """The tune job with every output on s3:// (moto's server), its best config read back from there; and ASHA.
+
+    A sequential grid: a good lr reaches rung 1 first, so a hopeless lr (1e-6) falls below the cutoff. (One sweep
+    for both: each costs ~25 s.)
+    """
+    sweeps = f"{make_bucket('mnist-ray-tests')}/{uuid.uuid4().hex[:8]}/sweeps"
+    args = [*TINY_FLAGS, "--output", sweeps, "--name", "asha", "--lr-values", "3e-3", "1e-6", "--optimizers", "adam"]
+    result = call(tune.main, capsys, *args, "--num-samples", "1", "--max-concurrent", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = f"{sweeps}/asha"
+    trials = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{sweep}/trials.parquet"))).set_index("lr")
     assert trials.loc[1e-6, "stopped_early"] and trials.loc[1e-6, "epochs_completed"] == 1
     assert not trials.loc[3e-3, "stopped_early"] and trials.loc[3e-3, "epochs_completed"] == 2
-    assert out.stopped_early == 1
+    assert "2 trials in " in result.stdout and "1 stopped early by ASHA" in result.stdout
+    assert storage.is_file(f"{sweep}/{checkpoints.BEST}") and storage.is_file(f"{sweep}/tune.png")
+    best = load_config("default", f"{sweep}/best.json")  # what train.py --config s3://.../best.json reads
+    assert (best.lr, best.optimizer, best.batch_size) == (3e-3, "adam", 64)
 
 
 def test_impossible_layout_fails_fast():

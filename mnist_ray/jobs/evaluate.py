@@ -43,9 +43,9 @@ class EvalOptions:
     data_dir: str | None = None
     """Folder with the four IDX files (default: the dataset's own place)."""
     use_gpu: bool = False
-    """One GPU per inference actor."""
+    """One GPU per inference task."""
     actors: int = 2
-    """Inference actors in the Ray Data pool."""
+    """Model replicas scoring at once: Ray Data tasks of one CPU (or GPU) each (the flag keeps its old name)."""
     batch_size: int = 1000
     """Images per inference batch."""
 

@@ -46,9 +46,9 @@ class PredictOptions:
     dataset: str | None = None
     """Refuse a checkpoint trained on another dataset."""
     use_gpu: bool = False
-    """One GPU per inference actor."""
+    """One GPU per inference task."""
     actors: int = 2
-    """Inference actors in the Ray Data pool."""
+    """Model replicas scoring at once: Ray Data tasks of one CPU (or GPU) each (the flag keeps its old name)."""
     batch_size: int = 1000
     """Images per inference batch."""
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     target = storage.check_new_folder(output, opts.overwrite)
     checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
     state = checkpoints.load(checkpoint, dataset=opts.dataset)
-    checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in an actor
+    checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a Ray task
     items = predict.load(opts.input, opts.invert, opts.column)  # nothing readable: bad input, before Ray
     storage.check_writable(storage.parent(target), "--output")  # the first write, after every check that needs no Ray
     cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
