@@ -6,8 +6,8 @@ Two of Ray's messages cannot be turned off at their source and say nothing a use
 - Ray's C++ core worker logs an error line whenever an actor with constructor arguments in the object store
   may restart: Ray Data always passes its map function to an actor pool's actors that way, so every evaluation
   scored by actors logged it (https://github.com/ray-project/ray/issues/53727; the evaluation now scores in tasks,
-  and ``evaluation.score(pool="actors")`` remains for its benchmark). The line still reaches the driver's log file in Ray's
-  session folder; only its copy on stderr is dropped.
+  and ``evaluation.score(pool="actors")`` remains for its benchmark). The line still reaches the driver's log
+  file in Ray's session folder; only its copy on stderr is dropped.
 """
 
 from __future__ import annotations
