@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 from bench import common
 
@@ -117,7 +118,36 @@ def levers() -> list[str]:
         *_lever_table("levers", job),
         *_lever_table("sweep_levers", sweep),
         *_lever_table("layout_levers", layout, before="before (NCHW)"),
+        *_eval_pool_table(),
     ]
+
+
+def _eval_pool_table() -> list[str]:
+    """bench/eval_pool.py: the evaluation's scoring in the actor pool it had against Ray tasks, per call."""
+    r = _load("eval_pool")
+    if not r:
+        return []
+    rows = [
+        "Where the evaluation scores: an actor pool (before) against Ray tasks (kept). Each run is a fresh process "
+        "with its own local Ray that evaluates the default run's checkpoint 4 times (`reports.evaluate_to_report`); "
+        f"3 interleaved pairs. Command: `{r['command']}`; measured {r['date']} on {r['machine']}.",
+        "",
+        "| call | actor pool: runs (median) | tasks: runs (median) | saved (median) | kept |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key, pick in (
+        ("first call (what one job pays), whole call", "call_s", lambda calls: calls[:1]),
+        ("each later call in the process, whole call", "call_s", lambda calls: calls[1:]),
+        ("each later call, scoring only", "score_s", lambda calls: calls[1:]),
+    ):
+        runs = {pool: [x for run in r["runs"][pool] for x in pick(run[key])] for pool in ("actors", "tasks")}
+        medians = {pool: statistics.median(v) for pool, v in runs.items()}
+        saved = medians["actors"] - medians["tasks"]
+        cells = {pool: f"{', '.join(f'{x:.1f}' for x in v)} ({medians[pool]:.1f} s)" for pool, v in runs.items()}
+        rows.append(
+            f"| {label} | {cells['actors']} | {cells['tasks']} | {saved:+.1f} s | {'yes' if saved > 0 else 'no'} |"
+        )
+    return [*rows, ""]
 
 
 def _lever_table(name: str, caption: str, before: str = "Ray's default") -> list[str]:

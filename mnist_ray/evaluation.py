@@ -1,9 +1,10 @@
 """Batch evaluation of a checkpoint on the 10k test set with Ray Data, and the metrics derived from it.
 
-Inference runs as ``map_batches`` in Ray tasks: each worker process loads the model once per evaluation and scores
-many batches. Tasks, not an actor pool, because Ray reuses its idle worker processes for tasks: a process that
-imported torch for one evaluation scores the next one at once, where an actor pool started fresh processes for every
-evaluation (about 4.5 of each call's 5.5 s on 2 cores; ``python -m bench.eval_pool``, bench/NOTES.md).
+Inference runs as ``map_batches`` in Ray tasks on CPUs: each worker process loads the model once per evaluation
+and scores many batches (a GPU evaluation keeps an actor pool: see :func:`score`). Tasks, not an actor pool,
+because Ray reuses its idle worker processes for tasks: a process that imported torch for one evaluation scores
+the next one at once, where an actor pool started fresh processes for every evaluation (about 4.5 of each call's
+5.5 s on 2 cores; ``python -m bench.eval_pool``, bench/NOTES.md).
 """
 
 from __future__ import annotations
@@ -131,15 +132,20 @@ class Evaluation:
 
 
 def predict(
-    prep: Prepared, use_gpu: bool = False, actors: int = 2, batch_size: int = 1000, progress: bool = False
+    prep: Prepared,
+    use_gpu: bool = False,
+    actors: int = 2,
+    batch_size: int = 1000,
+    progress: bool = False,
+    pool: str | None = None,
 ) -> Evaluation:
     """Score every test image with Ray Data, ``actors`` model replicas at once; Ray must be initialised.
 
-    ``progress`` turns on Ray Data's per-operator progress output.
+    ``progress`` turns on Ray Data's per-operator progress output; ``pool`` is :func:`score`'s.
     """
     x, y = prep.arrays.test_x, prep.arrays.test_y
     frame = pd.DataFrame({"index": np.arange(len(y)), "label": y, "image": list(x)})
-    scored = score(frame, prep.checkpoint, prep.state, Predictor, use_gpu, actors, batch_size, progress)
+    scored = score(frame, prep.checkpoint, prep.state, Predictor, use_gpu, actors, batch_size, progress, pool)
     predictions = scored.sort_values("index", ignore_index=True)
     predictions["correct"] = predictions["label"] == predictions["predicted"]
     return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], x)
@@ -154,12 +160,15 @@ def score(
     actors: int = 2,
     batch_size: int = 1000,
     progress: bool = False,
-    pool: str = "tasks",
+    pool: str | None = None,
 ) -> pd.DataFrame:
     """Map ``frame`` (an ``image`` column of uint8 28x28 arrays) through ``fn``, ``actors`` replicas at once.
 
-    ``fn`` is :class:`Predictor` or a subclass (the prediction job's); rows come back in any order. ``pool="actors"``
-    is the actor pool that the tasks replaced, kept for the A/B of ``bench/eval_pool.py``.
+    ``fn`` is :class:`Predictor` or a subclass (the prediction job's); rows come back in any order. ``pool`` is
+    ``"tasks"`` on CPUs and ``"actors"`` (a pool of ``actors`` replicas) with ``use_gpu``: Ray runs a GPU function's
+    process for one call only (``max_calls=1``), so GPU tasks would start a process and initialise CUDA per block,
+    and the GPU path keeps the actor pool measured on the H100s (docs/gpu.md). ``bench/eval_pool.py`` compares the
+    two on CPUs.
     """
     import uuid
 
@@ -176,7 +185,7 @@ def score(
     bounds = np.linspace(0, len(frame), actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
     kwargs = {"source": source, "use_gpu": use_gpu}
-    if pool == "actors":
+    if (pool or ("actors" if use_gpu else "tasks")) == "actors":
         mapped = {"fn": fn, "fn_constructor_kwargs": kwargs, "compute": ray.data.ActorPoolStrategy(size=actors)}
     else:
         kwargs.update(scorer=fn, evaluation=uuid.uuid4().hex)

@@ -58,6 +58,14 @@ def test_pngs_are_real_images(report):
     assert "![confusion matrix](confusion_matrix.png)" in (folder / "summary.md").read_text()
 
 
+def test_the_actor_pool_of_gpu_evaluations_scores_as_the_cpu_tasks_do(tiny_run, report):
+    """``--use-gpu`` keeps an actor pool (``evaluation.score``); on CPUs it gives the tasks' predictions exactly."""
+    _, folder, _ = report
+    by_tasks = pd.read_parquet(folder / "predictions.parquet")
+    by_actors = evaluation.predict(evaluation.prepare(tiny_run[2].best_checkpoint), pool="actors").predictions
+    pd.testing.assert_frame_equal(by_actors[by_tasks.columns], by_tasks, check_dtype=False)
+
+
 def test_history_is_rebuilt_from_complete_reports(tiny_run, tmp_path):
     ckpt, root = tiny_run[2].best_checkpoint, str(tmp_path)
     reports.evaluate_to_report(ckpt, root, "first")

@@ -43,9 +43,9 @@ class EvalOptions:
     data_dir: str | None = None
     """Folder with the four IDX files (default: the dataset's own place)."""
     use_gpu: bool = False
-    """One GPU per inference task."""
+    """One GPU per inference actor."""
     actors: int = 2
-    """Model replicas scoring at once: Ray Data tasks of one CPU (or GPU) each (the flag keeps its old name)."""
+    """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu."""
     batch_size: int = 1000
     """Images per inference batch."""
 

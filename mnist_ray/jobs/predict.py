@@ -46,9 +46,9 @@ class PredictOptions:
     dataset: str | None = None
     """Refuse a checkpoint trained on another dataset."""
     use_gpu: bool = False
-    """One GPU per inference task."""
+    """One GPU per inference actor."""
     actors: int = 2
-    """Model replicas scoring at once: Ray Data tasks of one CPU (or GPU) each (the flag keeps its old name)."""
+    """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu."""
     batch_size: int = 1000
     """Images per inference batch."""
 
