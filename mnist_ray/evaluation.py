@@ -182,10 +182,13 @@ def score(
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
     local_only = not storage.is_uri(checkpoint) and nodes > 1
     source = {"ref": [ray.put(state)]} if local_only else {"path": checkpoint}
-    bounds = np.linspace(0, len(frame), actors * 2 + 1).astype(int)  # a few blocks per actor so the pool stays busy
+    bounds = np.linspace(0, len(frame), actors * 2 + 1).astype(int)  # a few blocks per replica keep each one busy
     ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
+    pool = pool or ("actors" if use_gpu else "tasks")
+    if pool not in ("tasks", "actors"):
+        raise ValueError(f"pool must be 'tasks' or 'actors', not {pool!r}")
     kwargs = {"source": source, "use_gpu": use_gpu}
-    if (pool or ("actors" if use_gpu else "tasks")) == "actors":
+    if pool == "actors":
         mapped = {"fn": fn, "fn_constructor_kwargs": kwargs, "compute": ray.data.ActorPoolStrategy(size=actors)}
     else:
         kwargs.update(scorer=fn, evaluation=uuid.uuid4().hex)

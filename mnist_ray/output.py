@@ -5,9 +5,8 @@ Two of Ray's messages cannot be turned off at their source and say nothing a use
   one line (lost worker, the epoch it restarts from, restart k of ``--max-failures``) instead.
 - Ray's C++ core worker logs an error line whenever an actor with constructor arguments in the object store
   may restart: Ray Data always passes its map function to an actor pool's actors that way, so every evaluation
-  scored by actors logged it (https://github.com/ray-project/ray/issues/53727; the evaluation now scores in tasks,
-  and ``evaluation.score(pool="actors")`` remains for its benchmark). The line still reaches the driver's log
-  file in Ray's session folder; only its copy on stderr is dropped.
+  scored by actors (on GPUs; on CPUs it scores in tasks) logs it (https://github.com/ray-project/ray/issues/53727).
+  The line still reaches the driver's log file in Ray's session folder; only its copy on stderr is dropped.
 """
 
 from __future__ import annotations
