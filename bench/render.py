@@ -119,7 +119,34 @@ def levers() -> list[str]:
         *_lever_table("sweep_levers", sweep),
         *_lever_table("layout_levers", layout, before="before (NCHW)"),
         *_eval_pool_table(),
+        *_start_levers_table(),
     ]
+
+
+def _start_levers_table() -> list[str]:
+    """bench/start_levers.py: three start-up levers of a fresh job's local Ray, Ray's default against the lever."""
+    r = _load("start_levers")
+    if not r:
+        return []
+    rows = [
+        "Three start-up levers of a fresh process's local Ray (`bench/start_levers.py` says what each changes), "
+        f"interleaved pairs, Ray's default first. Command: `{r['command']}`; measured {r['date']} on {r['machine']}.",
+        "",
+        "| lever | timed | Ray's default: runs (median) | lever: runs (median) | saved (median) | kept |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lever, result in r.items():
+        if not isinstance(result, dict) or "runs" not in result:
+            continue
+        for label, sides in result["runs"].items():
+            flat = {k: [x for v in vals for x in (v if isinstance(v, list) else [v])] for k, vals in sides.items()}
+            med = {k: statistics.median(v) for k, v in flat.items()}
+            cells = {k: f"{', '.join(f'{x:.1f}' for x in v)} ({med[k]:.1f} s)" for k, v in flat.items()}
+            rows.append(
+                f"| {lever} | {label} | {cells['ray_default_s']} | {cells['lever_s']} | "
+                f"{med['ray_default_s'] - med['lever_s']:+.1f} s | no |"
+            )
+    return [*rows, ""]
 
 
 def _eval_pool_table() -> list[str]:
