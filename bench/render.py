@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 
-from bench import common
+from bench import common, start_levers
 
 DOC = common.REPO / "docs" / "benchmarks.md"
 
@@ -129,7 +129,8 @@ def _start_levers_table() -> list[str]:
     if not r:
         return []
     rows = [
-        "Three start-up levers of a fresh process's local Ray (`bench/start_levers.py` says what each changes), "
+        "Three start-up levers of a fresh process's local Ray (`bench/start_levers.py` says what each changes; "
+        "the runtime_env probes run without the kept coordinator lever, the prestart jobs as shipped, with it), "
         f"interleaved pairs, Ray's default first. Command: `{r['command']}`; measured {r['date']} on {r['machine']}.",
         "",
         "| lever | timed | Ray's default: runs (median) | lever: runs (median) | saved (median) | kept |",
@@ -144,7 +145,8 @@ def _start_levers_table() -> list[str]:
             cells = {k: f"{', '.join(f'{x:.1f}' for x in v)} ({med[k]:.1f} s)" for k, v in flat.items()}
             rows.append(
                 f"| {lever} | {label} | {cells['ray_default_s']} | {cells['lever_s']} | "
-                f"{med['ray_default_s'] - med['lever_s']:+.1f} s | no |"
+                f"{med['ray_default_s'] - med['lever_s']:+.1f} s | "
+                f"{'yes' if result.get('kept') else 'no: ' + start_levers.WHY_NOT.get(lever, '')} |"
             )
     return [*rows, ""]
 

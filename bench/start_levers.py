@@ -1,12 +1,13 @@
-"""Three start-up levers of a fresh job's local Ray, none kept: each an A/B of interleaved fresh processes.
+"""Three start-up levers of a fresh job's local Ray, one kept: each an A/B of interleaved fresh processes.
 
     python -m bench.start_levers                  # all three
     python -m bench.start_levers prestart         # or any of: coordinator runtime_env prestart
 
-- ``coordinator``: Ray Train's controller asks Ray Data's ``AutoscalingCoordinator`` (a detached actor, a new
-  process) for resources and waits up to 5 s; Ray Data's executor uses it too. The lever creates it from the
-  driver right after ``ray.init`` (an internal API). Per pair: the first evaluation call and the first tiny fit of
-  a fresh process, each in its own process.
+- ``coordinator`` (kept: ``cluster.connect`` does it): Ray Train's controller asks Ray Data's
+  ``AutoscalingCoordinator`` (a detached actor, a new process) for resources and waits up to 5 s; Ray Data's
+  executor uses it too. The lever creates it from the driver right after ``ray.init`` (an internal API); Ray's
+  default is ``MNIST_RAY_EARLY_COORDINATOR=0``. Per pair: the first evaluation call and the first tiny fit of a
+  fresh process, each in its own process.
 - ``runtime_env``: Train's actors never take Ray's prestarted workers because their runtime env is never empty. The
   lever gives the driver's job the controller's runtime env, so that the two hashes match. Per pair: three tiny
   fits in one fresh process.
@@ -27,6 +28,7 @@ import sys
 import tempfile
 
 from bench import common
+from mnist_ray import cluster
 
 PAIRS = 3
 
@@ -47,10 +49,7 @@ if lever == "runtime_env":
     warn = c.RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
     env_vars.setdefault(warn, c.DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
     ray.init = functools.partial(ray.init, runtime_env={"env_vars": env_vars})
-cluster.connect(num_cpus=2, dashboard=False)
-if lever == "coordinator":
-    from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
-    get_or_create_autoscaling_coordinator()
+cluster.connect(num_cpus=2, dashboard=False)  # starts the coordinator unless MNIST_RAY_EARLY_COORDINATOR=0
 spans = []
 for i in range(3 if what == "fits" else 1):
     start = time.perf_counter()
@@ -67,6 +66,7 @@ def probe(lever: str, what: str, checkpoint: str) -> list[float]:
     """Seconds of each evaluation call or fit in one fresh process with its own local Ray; lever "none" or one."""
     with tempfile.TemporaryDirectory(prefix="rsl", dir="/tmp") as tmp:  # short: Ray's socket paths have a limit
         env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env[cluster.EARLY_COORDINATOR_ENV] = "1" if lever == "coordinator" else "0"  # runtime_env: without it
         out = subprocess.run(
             [common.PY, "-c", PROBE, lever, what, checkpoint],
             cwd=common.REPO,
@@ -100,6 +100,12 @@ MEASURES = {
     "prestart": {"train job (smoke, 1 epoch)": "train", "evaluation job": "evaluate"},
 }
 """lever -> {what is timed: how} (a probe's ``what``, or the job for ``prestart``)."""
+WHY_NOT = {
+    "runtime_env": "inside the spread (an earlier probe of the same change: no gain), and it would give every job a "
+    "runtime env of its own",
+    "prestart": "inside the spread, one way for the train job and the other for the evaluation",
+}
+"""Why a lever is off."""
 
 
 def main(levers: list[str]) -> None:
@@ -120,7 +126,7 @@ def main(levers: list[str]) -> None:
                         value = probe(lever if on else "none", what, checkpoint)
                     runs[label][side].append(value)
                     print(lever, label, side, value, file=sys.stderr, flush=True)
-        results[lever] = {"runs": runs, "kept": False}
+        results[lever] = {"runs": runs, "kept": lever == "coordinator"}
     for key in ("machine", "date", "command"):
         results.pop(key, None)
     common.save("start_levers", {"command": "python -m bench.start_levers", **results})

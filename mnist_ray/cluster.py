@@ -138,7 +138,31 @@ def connect(num_cpus: int | None = None, verbose: bool = False, dashboard: bool 
             f"the cluster at {target.address} requires its token: set RAY_AUTH_MODE=token and put the token in "
             "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
         ) from None
+    _start_autoscaling_coordinator()
     print(describe(target), flush=True)
+
+
+EARLY_COORDINATOR_ENV = "MNIST_RAY_EARLY_COORDINATOR"
+"""Set to 0 to leave the AutoscalingCoordinator to Ray (bench/start_levers.py's "Ray's default" side)."""
+
+
+def _start_autoscaling_coordinator() -> None:
+    """Start Ray's ``AutoscalingCoordinator`` actor now, from the driver, instead of at the first fit or evaluation.
+
+    Ray Train's controller and Ray Data's executor both ask this detached actor for resources, and the controller
+    waits up to 5 s for its answer. Created by the controller, it is a new process (the controller's runtime env is
+    not the job's); created here, it can take a worker process Ray prestarted for the driver, and starts while the
+    job prepares its data. ``python -m bench.start_levers coordinator`` measures it (bench/NOTES.md). It is an
+    internal API of Ray Data: if it moves, only this head start is lost.
+    """
+    if os.environ.get(EARLY_COORDINATOR_ENV, "1") == "0":
+        return
+    try:
+        from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
+
+        get_or_create_autoscaling_coordinator()  # returns at once: the actor starts in the background
+    except Exception as e:  # noqa: BLE001 - an optimisation; Ray creates the actor itself when it needs it
+        logging.getLogger(__name__).debug("AutoscalingCoordinator not started early: %s", e)
 
 
 @contextlib.contextmanager

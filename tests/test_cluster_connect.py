@@ -112,9 +112,15 @@ def test_auto_without_a_recorded_head_is_an_error(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_a_local_start_says_so_in_one_line(tmp_path):
-    """No RAY_ADDRESS, no address file: a new local instance on loopback, with the CPUs it was given."""
+    """No RAY_ADDRESS, no address file: a new local instance on loopback, with the CPUs it was given.
+
+    It has Ray's AutoscalingCoordinator started before any fit or evaluation asks for it (bench/start_levers.py).
+    """
     ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
-    code = "from mnist_ray import cluster; cluster.connect(num_cpus=1); import ray; ray.shutdown()"
+    code = (
+        "from mnist_ray import cluster; cluster.connect(num_cpus=1); import ray\n"
+        "ray.get_actor('AutoscalingCoordinator', namespace='AutoscalingCoordinator'); ray.shutdown()"
+    )
     try:
         out = subprocess.run(
             [sys.executable, "-c", code],
