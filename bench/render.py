@@ -128,27 +128,40 @@ def _start_levers_table() -> list[str]:
     r = _load("start_levers")
     if not r:
         return []
-    rows = [
+    rows = _head(
         "Three start-up levers of a fresh process's local Ray (`bench/start_levers.py` says what each changes; "
         "the runtime_env probes run without the kept coordinator lever, the prestart jobs as shipped, with it), "
-        f"interleaved pairs, Ray's default first. Command: `{r['command']}`; measured {r['date']} on {r['machine']}.",
-        "",
-        "| lever | timed | Ray's default: runs (median) | lever: runs (median) | saved (median) | kept |",
-        "|---|---|---|---|---|---|",
-    ]
+        "interleaved pairs, Ray's default first.",
+        r,
+        ["lever", "timed", "Ray's default: runs (median)", "lever: runs (median)", "saved (median)", "kept"],
+    )
     for lever, result in r.items():
         if not isinstance(result, dict) or "runs" not in result:
             continue
         for label, sides in result["runs"].items():
-            flat = {k: [x for v in vals for x in (v if isinstance(v, list) else [v])] for k, vals in sides.items()}
-            med = {k: statistics.median(v) for k, v in flat.items()}
-            cells = {k: f"{', '.join(f'{x:.1f}' for x in v)} ({med[k]:.1f} s)" for k, v in flat.items()}
-            rows.append(
-                f"| {lever} | {label} | {cells['ray_default_s']} | {cells['lever_s']} | "
-                f"{med['ray_default_s'] - med['lever_s']:+.1f} s | "
-                f"{'yes' if result.get('kept') else 'no: ' + start_levers.WHY_NOT.get(lever, '')} |"
-            )
+            before, after = (_runs([x for v in sides[k] for x in (v if isinstance(v, list) else [v])]) for k in SIDES)
+            kept = "yes" if result.get("kept") else "no: " + start_levers.WHY_NOT.get(lever, "")
+            rows.append(f"| {lever} | {label} | {before[0]} | {after[0]} | {before[1] - after[1]:+.1f} s | {kept} |")
     return [*rows, ""]
+
+
+SIDES = ("ray_default_s", "lever_s")
+
+
+def _head(caption: str, r: dict, columns: list[str]) -> list[str]:
+    """A table's caption (with the result's command, date and machine) and its header rows."""
+    return [
+        f"{caption} Command: `{r['command']}`; measured {r['date']} on {r['machine']}.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+
+
+def _runs(values: list[float]) -> tuple[str, float]:
+    """A cell of runs with their median, ``"a, b, c (m s)"``, and the median."""
+    med = statistics.median(values)
+    return f"{', '.join(f'{x:.1f}' for x in values)} ({med:.1f} s)", med
 
 
 def _eval_pool_table() -> list[str]:
@@ -156,26 +169,21 @@ def _eval_pool_table() -> list[str]:
     r = _load("eval_pool")
     if not r:
         return []
-    rows = [
+    rows = _head(
         "Where the evaluation scores: an actor pool (before) against Ray tasks (kept). Each run is a fresh process "
         "with its own local Ray that evaluates the default run's checkpoint 4 times (`reports.evaluate_to_report`); "
-        f"3 interleaved pairs. Command: `{r['command']}`; measured {r['date']} on {r['machine']}.",
-        "",
-        "| call | actor pool: runs (median) | tasks: runs (median) | saved (median) | kept |",
-        "|---|---|---|---|---|",
-    ]
+        "3 interleaved pairs.",
+        r,
+        ["call", "actor pool: runs (median)", "tasks: runs (median)", "saved (median)", "kept"],
+    )
     for label, key, pick in (
         ("first call (what one job pays), whole call", "call_s", lambda calls: calls[:1]),
         ("each later call in the process, whole call", "call_s", lambda calls: calls[1:]),
         ("each later call, scoring only", "score_s", lambda calls: calls[1:]),
     ):
-        runs = {pool: [x for run in r["runs"][pool] for x in pick(run[key])] for pool in ("actors", "tasks")}
-        medians = {pool: statistics.median(v) for pool, v in runs.items()}
-        saved = medians["actors"] - medians["tasks"]
-        cells = {pool: f"{', '.join(f'{x:.1f}' for x in v)} ({medians[pool]:.1f} s)" for pool, v in runs.items()}
-        rows.append(
-            f"| {label} | {cells['actors']} | {cells['tasks']} | {saved:+.1f} s | {'yes' if saved > 0 else 'no'} |"
-        )
+        actors, tasks = (_runs([x for run in r["runs"][pool] for x in pick(run[key])]) for pool in ("actors", "tasks"))
+        saved = actors[1] - tasks[1]
+        rows.append(f"| {label} | {actors[0]} | {tasks[0]} | {saved:+.1f} s | {'yes' if saved > 0 else 'no'} |")
     return [*rows, ""]
 
 
