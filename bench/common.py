@@ -49,6 +49,14 @@ def run(args: list[str], env: dict | None = None) -> tuple[float, str]:
     return wall, proc.stdout
 
 
+def probe(code: str, *args: str, env: dict | None = None, timeout: float = 600):
+    """Run ``python -c code args`` in a fresh process from the repo; return its last stdout line, parsed as JSON."""
+    out = subprocess.run(
+        [PY, "-c", code, *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=timeout, env=env
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def save(name: str, result: dict) -> None:
     """Store one benchmark's figures as bench/results/<name>.json."""
     RESULTS.mkdir(parents=True, exist_ok=True)

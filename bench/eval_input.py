@@ -10,8 +10,6 @@ bench/results/eval_input.json. About 1 minute on 2 cores.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 from bench import common
@@ -44,10 +42,7 @@ print(json.dumps({"build_s": round(built - start, 2), "map_collect_s": round(don
 
 def probe(kind: str) -> dict:
     """One fresh process building the test set's dataset the ``kind`` way (pandas or arrow)."""
-    out = subprocess.run(
-        [common.PY, "-c", PROBE, kind], cwd=common.REPO, capture_output=True, text=True, check=True, timeout=300
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.probe(PROBE, kind, timeout=300)
 
 
 def main() -> None:

@@ -12,8 +12,6 @@ bench/results/eval_pool.json. About 2 minutes on 2 cores.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 
 from bench import common
@@ -22,7 +20,7 @@ PAIRS = 3
 CALLS = 4
 
 PROBE = """
-import functools, json, sys, tempfile, time
+import json, sys, tempfile, time
 from mnist_ray import cluster, evaluation, reports
 
 cluster.connect(num_cpus=2, dashboard=False)
@@ -47,15 +45,7 @@ print(json.dumps({"score_s": spans, "call_s": calls}))
 
 def probe(checkpoint: str, pool: str) -> dict:
     """One fresh process evaluating ``checkpoint`` CALLS times with scoring in ``pool`` (tasks or actors)."""
-    out = subprocess.run(
-        [common.PY, "-c", PROBE, checkpoint, pool, str(CALLS)],
-        cwd=common.REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.probe(PROBE, checkpoint, pool, str(CALLS))
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -67,16 +66,7 @@ def probe(lever: str, what: str, checkpoint: str) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="rsl", dir="/tmp") as tmp:  # short: Ray's socket paths have a limit
         env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         env[cluster.EARLY_COORDINATOR_ENV] = "1" if lever == "coordinator" else "0"  # runtime_env: without it
-        out = subprocess.run(
-            [common.PY, "-c", PROBE, lever, what, checkpoint],
-            cwd=common.REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-            env=env,
-        )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        return common.probe(PROBE, lever, what, checkpoint, env=env)
 
 
 def job(what: str, name: str, lever: bool, checkpoint_run: str) -> float:
