@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,20 @@ RAY_DIR_PREFIX = "checkpoint_epoch_"
 LEGACY_NORMALIZATION = data.Normalization(0.1307, 0.3081)
 """What checkpoints that predate the ``normalization`` entry were trained with: MNIST's figures, for
 both datasets (the loop used them for Fashion-MNIST too), so that is what they are scored with."""
+
+
+def last_epoch(folder: str) -> int:
+    """The epoch of the newest checkpoint Ray Train has recorded as complete under ``folder`` (0 if none).
+
+    Ray Train lists a checkpoint in its manager snapshot only once it is fully persisted, so a checkpoint cut
+    short (a stop signal, a full disk) is never the one counted here, nor the one a resume starts from.
+    """
+    snapshot = storage.join(folder, "checkpoint_manager_snapshot.json")
+    try:
+        text = storage.read_text(snapshot) if storage.is_file(snapshot) else ""
+    except storage.StorageError:
+        return 0
+    return max((int(n) for n in re.findall(RAY_DIR_PREFIX + r"(\d+)", text)), default=0)
 
 
 def save(

@@ -15,6 +15,7 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import sys
 import textwrap
 import types
@@ -22,8 +23,12 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from mnist_ray import stop
 from mnist_ray.config import CHOICES, PRESETS, RayOptions, RunOptions, TrainConfig, load_config
 from mnist_ray.errors import EXIT_USAGE, MnistRayError
+
+STOPPED_EXIT_S = 2.0
+"""After a stop signal the process is gone within this many seconds, even if Ray's shutdown hangs."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -141,20 +146,31 @@ def add_run_flags(p: argparse.ArgumentParser, defaults: RunOptions, **kw: Any) -
 
 
 def run(job: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a job's ``main``: user errors print one ``error:`` line and give 2; Ctrl-C gives 130."""
+    """Run a job's ``main``: user errors print one ``error:`` line and give 2 (1 for a full disk); a stop signal
+    prints one ``stopped by SIG...`` line saying what happens next and gives 128 + signal (Ctrl-C: 130)."""
     try:
-        return job(argv) or 0
+        with stop.next_step("re-run the same command to resume from the last checkpoint"):
+            return job(argv) or 0
     except MnistRayError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)  # always one line
-        return EXIT_USAGE
+        return getattr(exc, "exit_code", EXIT_USAGE)
     except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, its one line already printed)
         return exc.code if isinstance(exc.code, int) else 1
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP as stop.Stopped
+        stopped = exc if isinstance(exc, stop.Stopped) else stop.Stopped(signal.SIGINT)
+        print(f"stopped by {stopped.name}; {stop.explain(exc)}", file=sys.stderr, flush=True)
+        return stopped.exit_code
 
 
 def main(job: Callable[[list[str] | None], int]) -> typing.NoReturn:
-    """Entry point of ``jobs/*.py``: log to stdout, run ``job`` on ``sys.argv``, exit with its code."""
+    """Entry point of ``jobs/*.py``: log to stdout, run ``job`` on ``sys.argv``, exit with its code.
+
+    Stop signals are handled from here on (:mod:`mnist_ray.stop`). After one, the exit is bounded: Ray's own
+    shutdown runs, but a job server SIGKILLs a driver that is not gone within its stop grace (3 s by default).
+    """
+    stop.install()
     logging.basicConfig(level=os.environ.get("MNIST_RAY_LOG", "INFO"), format="%(message)s", stream=sys.stdout)
-    sys.exit(run(job))
+    code = run(job)
+    if stop.received() is not None:
+        stop.exit_within(STOPPED_EXIT_S, code)
+    sys.exit(code)

@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 from ray._common.utils import get_ray_address_file  # Ray's own rule: $RAY_TMPDIR, else $TMPDIR, else /tmp; + /ray
 
-from mnist_ray import output
+from mnist_ray import output, stop
 from mnist_ray.errors import ResourceError
 
 LOOPBACK = "127.0.0.1"
@@ -138,6 +138,7 @@ def connect(num_cpus: int | None = None, verbose: bool = False, dashboard: bool 
             f"the cluster at {target.address} requires its token: set RAY_AUTH_MODE=token and put the token in "
             "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
         ) from None
+    stop.reinstall()  # ray.init set its own SIGTERM handlers (Python and C++): the job's handling wins again
     _start_autoscaling_coordinator()
     print(describe(target), flush=True)
 

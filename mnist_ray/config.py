@@ -79,8 +79,6 @@ def check_range(name: str, value: float, low: float, high: float, ends: str, fla
     ok_low = value >= low if ends[0] == "[" else value > low
     ok_high = value <= high if ends[1] == "]" else value < high
     if not (ok_low and ok_high):
-        if (low, ends[0]) == (0, "("):
-            raise ConfigError(f"{name} must be positive, got {_num(value)}: pass a positive {flag}")
         interval = f"{ends[0]}{_num(low)}, {_num(high)}{ends[1]}"
         raise ConfigError(f"{name} must be in {interval}, got {_num(value)}: pass {flag} in {interval}")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,11 +91,21 @@ def discover(path: str) -> list[str]:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"--input {path}: cannot list it ({' '.join(str(exc).split())[:200]})") from None
-    relative = (i.path[len(root) :].strip("/") for i in infos if i.type == pafs.FileType.File)
+    relative = [i.path[len(root) :].strip("/") for i in infos if i.type == pafs.FileType.File]
+    if not storage.is_uri(path):  # pyarrow's listing leaves dangling symlinks out: each is a row with its reason
+        relative += [os.path.relpath(link, root) for link in _dangling_links(root)]
     files = sorted(r for r in relative if not any(part.startswith(".") for part in r.split("/")))
     if not files:
         raise DataError(f"--input {path} holds no files: pass a folder of images, an image, a Parquet or IDX file")
     return [storage.join(path, r) for r in files]
+
+
+def _dangling_links(root: str) -> list[str]:
+    """Symlinks under the local folder ``root`` whose target does not exist."""
+    found = []
+    for folder, _, names in os.walk(root):
+        found += [p for p in (os.path.join(folder, n) for n in names) if os.path.islink(p) and not os.path.exists(p)]
+    return found
 
 
 def load(path: str, invert: str = "auto", column: str = "image") -> list[Item]:
@@ -111,6 +122,8 @@ def load(path: str, invert: str = "auto", column: str = "image") -> list[Item]:
 
 def read_file(source: str, invert: str, column: str) -> list[Item]:
     """The items of one file: one image, every image of an IDX file, or every row of a Parquet file."""
+    if not storage.is_uri(source) and os.path.islink(source) and not os.path.exists(source):
+        return [Item(source, error=f"a dangling symlink: its target {os.readlink(source)} does not exist")]
     try:
         with storage.local_copy(source) as local:
             head = _head(local)

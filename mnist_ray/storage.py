@@ -288,6 +288,14 @@ def remove_dir(path: str) -> None:
             fs.delete_dir(fs_path)  # but never a bucket
 
 
+def remove_file(path: str) -> None:
+    """Delete the file ``path``; nothing when it is absent."""
+    fs, fs_path = filesystem(path)
+    with _errors(path):
+        if fs.get_file_info(fs_path).type == pafs.FileType.File:
+            fs.delete_file(fs_path)
+
+
 def is_complete(dest: str) -> bool:
     """True if ``dest`` has a manifest and every file it lists is present with its size."""
     fs, fs_path = filesystem(dest)

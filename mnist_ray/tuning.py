@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -20,7 +21,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from mnist_ray import cluster, data, optim, runner, storage, sweep_report, tracking
+from mnist_ray import cluster, data, optim, runner, stop, storage, sweep_report, tracking
 from mnist_ray.config import CHOICES, RunOptions, TrainConfig, parse_json_object
 from mnist_ray.errors import ConfigError, ResourceError
 
@@ -312,14 +313,28 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
     if not options.resume:
         spec = {"base": sp.base.to_dict(), "space": asdict(space), "workers": sp.workers, "sweep": asdict(options)}
         storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")
-    with cluster.PlacementGroupReaper(on_free=_say_freed):
+    with cluster.PlacementGroupReaper(on_free=_say_freed), stop.graceful(_interrupt_tune):
         grid = tuner.fit()
+    stop.check()  # a stop signal ended the sweep early: Tune saved its state; nothing is reported
     ended = time.perf_counter()
     wall_s = ended - start
     _say_freed(cluster.free_orphaned_placement_groups())
     log.debug("post-sweep placement-group check: %.1f s", time.perf_counter() - ended)
     out = SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
     return replace(out, mlflow_run_id=tracking.log_sweep(run, out))  # with --mlflow-uri: reports, best checkpoint
+
+
+def _interrupt_tune(signum: int) -> None:
+    """Ask the running ``tuner.fit()`` to stop as Ctrl-C would: Tune saves the sweep's state, then returns.
+
+    Tune handles SIGUSR1 that way in the main thread (SIGINT too, unless ``TUNE_DISABLE_SIGINT_HANDLER``).
+    """
+    handler = signal.getsignal(signal.SIGUSR1)
+    if callable(handler):
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # its "Tuner.restore(...)" advice: --resume is ours
+        handler(signum, None)
+    else:
+        raise stop.Stopped(signum)
 
 
 def _say_freed(n: int) -> None:

@@ -70,7 +70,7 @@ def test_train_then_evaluate_through_the_job_server(head, trained, tmp_path):
 def test_bad_flags_end_failed_with_the_error_line(head):
     status, logs = submit(head, "jobs/train.py", "--lr", "-1")
     assert status == "FAILED"
-    assert "error: lr must be positive, got -1: pass a positive --lr" in logs
+    assert "error: lr must be in (0, 10], got -1: pass --lr in (0, 10]" in logs
 
 
 def test_job_server_rejects_requests_without_the_token(head):

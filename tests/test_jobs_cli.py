@@ -61,7 +61,7 @@ def test_a_new_config_field_reaches_help_and_config_with_no_other_edit():
         (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
         (["--optimizer", "lion"], "argument --optimizer: invalid choice"),
         (["--dataset", "cifar"], "argument --dataset: invalid choice"),
-        (["--lr", "0"], "lr must be positive"),
+        (["--lr", "0"], "lr must be in (0, 10], got 0"),
         (["--epochs", "-1"], "epochs must be in [1, 10000]"),
         (["--batch-size", "0"], "batch_size must be in [1, 60000]"),
         (["--batch-size", "2", "--num-workers", "4"], "batch_size 2 is below num_workers 4"),

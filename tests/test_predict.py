@@ -65,6 +65,7 @@ def write_folder(folder: Path, images: np.ndarray) -> None:
     (folder / "bad").mkdir()
     (folder / "bad" / "corrupt.png").write_bytes(png(images[0])[:120])
     (folder / "bad" / "notes.txt").write_text("not an image\n")
+    (folder / "bad" / "gone.png").symlink_to(folder / "bad" / "moved-away.png")  # a dangling symlink: a row too
     (folder / ".hidden.png").write_bytes(png(images[0]))  # hidden names are never inputs
 
 
@@ -76,14 +77,14 @@ def test_pngs_get_the_evaluation_predictions_and_bad_files_are_listed(
     args = ["--input", str(folder), "--checkpoint", tiny_run[2].best_checkpoint, "--actors", "1"]
     result = call(predict.main, capsys, *args, "--output", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"260 scored, 2 unreadable: {out / 'predictions.parquet'}" in result.stdout
+    assert f"260 scored, 3 unreadable: {out / 'predictions.parquet'}" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.json", "predictions.parquet"]
     table = pd.read_parquet(out / "predictions.parquet")
     table["kind"] = [Path(s).parent.name for s in table["source"]]
     table["index"] = [
         int(Path(s).stem) if k != "bad" else -1 for s, k in zip(table["source"], table["kind"], strict=True)
     ]
-    assert table["source"].tolist() == sorted(table["source"]) and len(table) == 262
+    assert table["source"].tolist() == sorted(table["source"]) and len(table) == 263
     ref = reference.set_index("index")
     plain = table[table["kind"] == "plain"]
     assert plain["index"].tolist() == list(range(N))
@@ -102,6 +103,7 @@ def test_pngs_get_the_evaluation_predictions_and_bad_files_are_listed(
     assert bad["predicted"].isna().all() and bad["top3"].isna().all()
     assert "corrupt or truncated image" in bad.loc[str(folder / "bad" / "corrupt.png"), "error"]
     assert "not an image" in bad.loc[str(folder / "bad" / "notes.txt"), "error"]
+    assert "a dangling symlink" in bad.loc[str(folder / "bad" / "gone.png"), "error"]
 
 
 def _cols(frame: pd.DataFrame) -> tuple:

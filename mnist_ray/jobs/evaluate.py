@@ -13,7 +13,7 @@ import functools
 import sys
 from dataclasses import dataclass
 
-from mnist_ray import cli, cluster, compare, evaluation, reports, storage, tracking
+from mnist_ray import cli, cluster, compare, evaluation, lease, reports, stop, storage, tracking
 from mnist_ray.config import DEFAULT_REPORTS, RayOptions, Tracking, check_range, validate_fields
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, ConfigError
 
@@ -75,20 +75,38 @@ def main(argv: list[str] | None = None) -> int:
     run_ids = compare.run_ids(sources, base) if len(sources) > 1 else [base]
     targets = [reports.check_run_dir(opts.reports, run_id, opts.overwrite) for run_id in run_ids]
     joint = reports.check_run_dir(opts.reports, compare.PREFIX + base, opts.overwrite) if len(sources) > 1 else None
+    folders = [*targets, *([joint] if joint else [])]
     prepared = compare.prepare_all(sources, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
     storage.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
-    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
-    results = [_evaluate(prep, target, opts, ray_opts) for prep, target in zip(prepared, targets, strict=True)]
-    for (_, m), target in zip(results, targets, strict=True):  # into each scored run's MLflow run, if tracked
-        tracking.log_evaluation(mlflow_uri, target, m)
-    if joint:
-        _compare(results, joint, opts.overwrite)
+    published: list[str] = []
+    with (
+        lease.holding(folders, [f"report {f}" for f in folders]),
+        stop.next_step(lambda: _stop_note(published, folders)),
+    ):
+        cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
+        results = []
+        for prep, target in zip(prepared, targets, strict=True):
+            results.append(_evaluate(prep, target, opts, ray_opts))
+            published.append(target)
+        for (_, m), target in zip(results, targets, strict=True):  # into each scored run's MLflow run, if tracked
+            tracking.log_evaluation(mlflow_uri, target, m)
+        if joint:
+            _compare(results, joint, opts.overwrite)
+            published.append(joint)
     below = [m for _, m in results if m["passed"] is False]
     if below:
         named = [f"{m['accuracy']:.4f}" + (f" ({m['run_id']})" if joint else "") for m in below]
         print(f"error: accuracy {', '.join(named)} is below --min-accuracy {opts.min_accuracy}", file=sys.stderr)
         return EXIT_BELOW_THRESHOLD
     return 0
+
+
+def _stop_note(published: list[str], folders: list[str]) -> str:
+    """Which reports a stopped evaluation published (complete) and which it did not (absent, never partial)."""
+    done = f"published {', '.join(published)}" if published else "no report was published"
+    rest = [f for f in folders if f not in published]
+    again = "rerun with --overwrite to write them all" if published else "the same command writes them"
+    return done + (f"; not published: {', '.join(rest)} ({again})" if rest else "")
 
 
 def _compare(results: list[compare.Result], target: str, overwrite: bool) -> None:

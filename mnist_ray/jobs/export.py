@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_ray import checkpoints, cli, evaluation, export, reports, storage
+from mnist_ray import checkpoints, cli, evaluation, export, lease, reports, stop, storage
 from mnist_ray.config import validate_fields
 
 emit = functools.partial(print, flush=True)
@@ -60,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     state = checkpoints.load(checkpoint)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail here, before any write
     storage.check_writable(storage.parent(target), "--output")  # the first write, after every other check
+    with lease.holding([target], [f"export output {target}"]), stop.next_step(_NOTHING_PUBLISHED):
+        return _export(opts, formats, target, checkpoint, state)
+
+
+_NOTHING_PUBLISHED = "nothing was published (an export folder is published whole or not at all); rerun the command"
+
+
+def _export(opts: ExportOptions, formats: tuple[str, ...], target: str, checkpoint: str, state: dict) -> int:
+    """Once the output's lease is held: export, check each file against the checkpoint, publish the folder."""
     emit(f"exporting {checkpoint} ({state['model']}, {state['dataset']}, epoch {state['epoch']})")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnist_ray-export-") as tmp:

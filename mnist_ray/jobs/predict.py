@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_ray import checkpoints, cli, cluster, evaluation, predict, reports, storage
+from mnist_ray import checkpoints, cli, cluster, evaluation, lease, predict, reports, stop, storage
 from mnist_ray.config import RayOptions, check_range, validate_fields
 from mnist_ray.errors import ConfigError
 
@@ -77,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a Ray task
     items = predict.load(opts.input, opts.invert, opts.column)  # nothing readable: bad input, before Ray
     storage.check_writable(storage.parent(target), "--output")  # the first write, after every check that needs no Ray
+    with lease.holding([target], [f"prediction output {target}"]), stop.next_step(_NOTHING_PUBLISHED):
+        return _predict(opts, ray_opts, target, checkpoint, state, items)
+
+
+_NOTHING_PUBLISHED = "nothing was published (predictions.parquet is written whole or not at all); rerun the command"
+
+
+def _predict(opts: PredictOptions, ray_opts: RayOptions, target: str, checkpoint: str, state, items) -> int:
+    """Once the output's lease is held: Ray, scoring and the published table."""
     cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
     emit(f"predicting {len(items)} image(s) from {storage.normalize(opts.input)} with {checkpoint}")
     kwargs = {"use_gpu": opts.use_gpu, "batch_size": opts.batch_size, "progress": ray_opts.verbose}

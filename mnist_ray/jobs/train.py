@@ -12,7 +12,7 @@ import functools
 import resource
 from dataclasses import dataclass, replace
 
-from mnist_ray import cli, cluster, reports, runner, storage, tracking
+from mnist_ray import checkpoints, cli, cluster, data, lease, reports, runner, stop, storage, tracking
 from mnist_ray.config import DEFAULT_REPORTS, RayOptions, RunOptions, TrainConfig, check_name
 
 emit = functools.partial(print, flush=True)
@@ -53,6 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     if after.evaluate:
         check_name("report id", report_id)
         storage.check_writable(after.reports, "--reports")
+    with lease.holding([opts.run_dir], [f"run {opts.name}"]), stop.next_step(lambda: resume_note(opts)):
+        return _train(cfg, opts, after, ray_opts, arrays, report_id)
+
+
+def resume_note(opts: RunOptions) -> str:
+    """What a stopped run does next: the epoch the same command resumes from (after the last complete checkpoint)."""
+    done = checkpoints.last_epoch(storage.join(opts.storage, opts.name))
+    return f"the same command resumes from epoch {done + 1}" + (f" (checkpoint of epoch {done} kept)" if done else "")
+
+
+def _train(
+    cfg: TrainConfig, opts: RunOptions, after: AfterTraining, ray_opts: RayOptions, arrays: data.Arrays, report_id: str
+) -> int:
+    """Once the run's lease is held: connect, train, write the outputs, optionally evaluate."""
     cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
     emit(headline(cfg, opts))
     out = runner.train(cfg, opts, runner.progress_printer(cfg, emit), arrays)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import replace
 
-from mnist_ray import cli, cluster, tracking, tuning
+from mnist_ray import cli, cluster, lease, stop, storage, tracking, tuning
 from mnist_ray.config import RayOptions, RunOptions
 
 emit = functools.partial(print, flush=True)
@@ -38,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     run = replace(run, mlflow_uri=tracking.check(run.mlflow_uri) or None)  # MLflow installed, store usable
     plan = tuning.preflight(base, space, options, run, workers=args.num_workers)  # None: derived from the cluster
-    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=True)
-    out = tuning.sweep(plan, run, emit=emit)
+    with lease.holding([run.run_dir], [f"sweep {run.name}"]), stop.next_step(lambda: _resume_note(run)):
+        if stop.installed():  # Tune's own SIGINT handler would replace the job's; the job asks Tune to stop
+            os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=True)
+        out = tuning.sweep(plan, run, emit=emit)
     emit(
         f"{out.trials_run} trials in {out.wall_s:.0f}s, {out.stopped_early} stopped early by ASHA; "
         f"best {out.best_trial}: val acc {out.best_val_acc:.2%}"
@@ -49,3 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.mlflow_run_id:
         emit(f"{'mlflow':>16}: experiment {tracking.sweep_experiment(run.name)} in {run.mlflow_uri}")
     return 0 if math.isfinite(out.best_val_acc) else 1
+
+
+def _resume_note(run: RunOptions) -> str:
+    """What a stopped sweep does next: --resume continues it once its definition is saved."""
+    if storage.exists(storage.join(run.run_dir, tuning.SPEC)):
+        return "rerun with --resume to continue the sweep (finished trials are kept)"
+    return "nothing was started: the same command starts the sweep"
