@@ -33,6 +33,12 @@ LEGACY_NORMALIZATION = data.Normalization(0.1307, 0.3081)
 both datasets (the loop used them for Fashion-MNIST too), so that is what they are scored with."""
 
 
+def estimate_bytes(cfg) -> int:
+    """About how large one checkpoint of ``cfg``'s model is: weights plus the optimizer's two state tensors each."""
+    net = models.build(cfg.model, cfg.dropout, seed=cfg.seed)
+    return 3 * sum(p.numel() * p.element_size() for p in net.parameters()) + 64_000
+
+
 def last_epoch(folder: str) -> int:
     """The epoch of the newest checkpoint Ray Train has recorded as complete under ``folder`` (0 if none).
 

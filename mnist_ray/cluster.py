@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 from ray._common.utils import get_ray_address_file  # Ray's own rule: $RAY_TMPDIR, else $TMPDIR, else /tmp; + /ray
 
-from mnist_ray import output, stop
+from mnist_ray import gcs_probe, output, stop
 from mnist_ray.errors import ResourceError
 
 LOOPBACK = "127.0.0.1"
@@ -80,6 +80,7 @@ def check_address(target: Target | None = None) -> Target:
         )
     host, port = _host_port(target.address.split("://", 1)[-1])
     if reachable(host, port):
+        _check_is_ray(target, host, port)
         return target
     if target.source.startswith("RAY_ADDRESS"):
         fix = "start that cluster (make cluster-up for a local head), or unset RAY_ADDRESS"
@@ -88,6 +89,45 @@ def check_address(target: Target | None = None) -> Target:
         fix = f"start the head again (make cluster-up), set RAY_ADDRESS=local, or delete the stale {file}"
         target = Target(target.address, f"{file}, left by ray start,")
     raise ResourceError(f"{target.source} points at {target.address}, where no Ray head answers: {fix}")
+
+
+def _check_is_ray(target: Target, host: str, port: int) -> None:
+    """A live port that is not a Ray GCS (or a GCS whose token this job lacks) is one line now, not a long hang."""
+    answer = gcs_probe.probe(host, port)
+    where = f"{target.source} points at {target.address}, which"
+    fix = f"use the head's GCS address (port {GCS_PORT} by default), or unset RAY_ADDRESS to start a local Ray"
+    if answer.kind == "ray-needs-token" and not _token_configured():
+        raise ResourceError(_token_message(target.address))
+    if answer.kind in ("ray", "ray-needs-token"):
+        return
+    if answer.kind == "http" and port == DASHBOARD_PORT:
+        raise ResourceError(
+            f"{where} answers HTTP ({answer.detail}): that is Ray's dashboard and job server; submit the job with "
+            f"ray job submit (or python -m mnist_ray.submit), or use the GCS port {GCS_PORT}"
+        )
+    said = {
+        "http": f"answers HTTP ({answer.detail})",
+        "ssh": f"answers SSH ({answer.detail})",
+        "silent": "accepts connections but says nothing",
+        "closed": "closes connections at once",
+        "grpc": "is a gRPC server without Ray's GCS service",
+    }.get(answer.kind, f"answers {answer.detail!r}")
+    raise ResourceError(f"{where} {said}: that is not a Ray GCS; {fix}")
+
+
+def _token_configured() -> bool:
+    """Whether this process would send a token: RAY_AUTH_MODE=token and a token in the environment or a file."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return False
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
+
+
+def _token_message(address: str | None) -> str:
+    return (
+        f"the cluster at {address} requires its token: set RAY_AUTH_MODE=token and put the token in "
+        "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
+    )
 
 
 def connect(num_cpus: int | None = None, verbose: bool = False, dashboard: bool = True) -> None:
@@ -134,10 +174,11 @@ def connect(num_cpus: int | None = None, verbose: bool = False, dashboard: bool 
                 **kwargs,
             )
     except ray.exceptions.AuthenticationError:
-        raise ResourceError(
-            f"the cluster at {target.address} requires its token: set RAY_AUTH_MODE=token and put the token in "
-            "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
-        ) from None
+        raise ResourceError(_token_message(target.address)) from None
+    except ConnectionError as exc:  # ray.init wraps a refused token in a ConnectionError
+        if isinstance(exc.__cause__, ray.exceptions.AuthenticationError):
+            raise ResourceError(_token_message(target.address)) from None
+        raise
     stop.reinstall()  # ray.init set its own SIGTERM handlers (Python and C++): the job's handling wins again
     _start_autoscaling_coordinator()
     print(describe(target), flush=True)

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,6 +62,8 @@ class Holder:
     boot_id: str | None = None
     process_start: int | None = None
     """The process's start time in clock ticks since boot (``/proc/<pid>/stat``): a reused pid has another."""
+    refreshed: str | None = None
+    """UTC time of the last refresh (each one rewrites the lease on an object store, so its ETag changes)."""
 
     def describe(self) -> str:
         job = f", job {self.job_id}" if self.job_id else ""
@@ -72,12 +74,16 @@ class Holder:
         return Holder(
             host=socket.gethostname(),
             pid=os.getpid(),
-            started=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            started=_utc_now(),
             token=uuid.uuid4().hex,
             job_id=_job_id(),
             boot_id=_boot_id(),
             process_start=_process_start(os.getpid()),
         )
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _job_id() -> str | None:
@@ -315,8 +321,8 @@ class Lease:
         self._thread.start()
 
     def _refresh_loop(self) -> None:
-        body = json.dumps(asdict(self.holder)).encode()
         while not self._stop.wait(REFRESH_S):
+            body = json.dumps(asdict(replace(self.holder, refreshed=_utc_now()))).encode()
             try:
                 version = self.store.refresh(body, self.version)
             except Exception as exc:  # noqa: BLE001 - a failed refresh is retried; the job goes on

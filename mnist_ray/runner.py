@@ -22,7 +22,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from mnist_ray import checkpoints, data, plots, storage, tracking
+from mnist_ray import checkpoints, cluster, data, plots, storage, tracking
 from mnist_ray.config import RunOptions, TrainConfig, parse_json_object
 from mnist_ray.errors import ConfigError, ResourceError
 from mnist_ray.rendezvous import LoopbackTorchConfig
@@ -116,6 +116,11 @@ class _QueueCallback(UserCallback):
         self.queue.put_nowait(dict(metrics[0]))
 
     def after_exception(self, run_context, worker_exceptions) -> None:
+        full = next((e for e in worker_exceptions.values() if storage.is_disk_full(e)), None)
+        if full is not None:  # restarting cannot make space: the driver ends the run (kills this controller)
+            detail = " ".join(str(full).split())[-300:]
+            self.queue.put_nowait({"disk_full": detail, "controller": ray.get_runtime_context().current_actor})
+            return
         self.failures += 1
         ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
         first = next(iter(worker_exceptions.values()), None)
@@ -155,7 +160,10 @@ def fit_with_progress(
         while thread.is_alive() or not queue.empty():
             with contextlib.suppress(Empty):
                 metrics = queue.get(timeout=0.5)
-                if "event" in metrics:
+                if "disk_full" in metrics:
+                    box.setdefault("disk_full", metrics["disk_full"])
+                    ray.kill(metrics["controller"], no_restart=True)  # no worker-group restart: fail at once
+                elif "event" in metrics:
                     log.warning(metrics["event"])
                 elif "callback_error" not in box:
                     try:
@@ -165,6 +173,8 @@ def fit_with_progress(
         thread.join()
     finally:
         ray.kill(queue.actor)
+    if "disk_full" in box:
+        raise storage.DiskFull(box["disk_full"])
     if "error" in box:
         raise box["error"]
     if "callback_error" in box:
@@ -200,7 +210,7 @@ def check_resume(cfg: TrainConfig, run_dir: str) -> None:
 
 
 def preflight(cfg: TrainConfig, opts: RunOptions) -> data.Arrays:
-    """Every check of a run that needs no Ray: resume compatibility, data files, writable output.
+    """Every check of a run that needs no Ray: resume compatibility, data files, writable output with room.
 
     Returns the parsed, verified arrays, so bad data files fail before any resources are used.
     """
@@ -209,7 +219,18 @@ def preflight(cfg: TrainConfig, opts: RunOptions) -> data.Arrays:
     storage.check_writable(opts.output, "--output")
     if opts.storage_path:
         storage.check_writable(opts.storage_path, "--storage-path")
+    flag = "--storage-path" if opts.storage_path else "--output"
+    storage.check_space(storage.join(opts.storage, opts.name), space_needed(cfg, opts), flag)
     return arrays
+
+
+def space_needed(cfg: TrainConfig, opts: RunOptions) -> int:
+    """Bytes a run still needs where its checkpoints go: a checkpoint x (kept + the latest + the best's copy), less
+    the checkpoints already there (a resumed run replaces them), and room for history and curves."""
+    size = checkpoints.estimate_bytes(cfg)
+    folder = storage.join(opts.storage, opts.name)
+    present = sum(1 for d in storage.list_dirs(folder) if d.startswith(checkpoints.RAY_DIR_PREFIX))
+    return max(1, opts.keep_checkpoints + 2 - present) * size + 256_000
 
 
 def train(
@@ -230,7 +251,14 @@ def train(
     storage.write_text(storage.join(opts.run_dir, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
     run = tracking.start_training(cfg, opts)  # None unless --mlflow-uri
     with tracking.ended(run):
-        result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs, run), on_epoch, opts.max_failures)
+        try:
+            result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs, run), on_epoch, opts.max_failures)
+        except storage.DiskFull:
+            cluster.free_orphaned_placement_groups(settle_s=1.0, wait_s=10.0)  # the killed run's, if the API answers
+            folder = storage.join(opts.storage, opts.name)
+            raise storage.disk_full(
+                folder, space_needed(cfg, opts), "free some space; the same command resumes"
+            ) from None
         if result.error:
             raise result.error
         prune_checkpoints(result, storage.join(opts.storage, opts.name))

@@ -18,8 +18,10 @@ and the job raises :class:`Stopped` once the hook's work is done (:func:`check`)
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
+import typing
 from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -125,14 +127,28 @@ def explain(exc: BaseException) -> str:
     return getattr(exc, "next_step", "re-run the same command")
 
 
-def exit_within(seconds: float, code: int) -> None:
-    """Exit with ``code`` now, running Python's exit handlers (Ray's shutdown), but never taking over ``seconds``."""
+def exit_within(seconds: float, code: int) -> typing.NoReturn:
+    """Exit with ``code``: disconnect from Ray (stopping a local instance), but never take longer than ``seconds``.
+
+    Python's own exit would wait for Ray's shutdown with training still running in a background thread; a job
+    server SIGKILLs a driver that is not gone within its stop grace (``RAY_JOB_STOP_WAIT_TIME_S``, 3 s).
+    A local instance's processes also die with the driver (Ray starts them with a parent-death signal).
+    """
     import os
     import sys
 
     sys.stdout.flush()
     sys.stderr.flush()
-    timer = threading.Timer(seconds, os._exit, args=(code,))
-    timer.daemon = True
-    timer.start()
-    sys.exit(code)
+    done = threading.Event()
+
+    def shutdown() -> None:
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.shutdown()
+        done.set()
+
+    threading.Thread(target=shutdown, name="mnist-ray-stop", daemon=True).start()
+    done.wait(seconds)
+    logging.shutdown()
+    os._exit(code)

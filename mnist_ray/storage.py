@@ -8,6 +8,7 @@ the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``, ``AWS_REGION``/``AWS_DE
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -44,6 +45,77 @@ _ATTEMPTS = 3
 
 class StorageError(MnistRayError):
     """A path or URI cannot be resolved, read or written; the message names the path and the fix."""
+
+
+class DiskFull(StorageError):
+    """No space or quota left where the job writes. Exit 1, not 2: the input was fine, and a retry cannot help."""
+
+    exit_code = 1
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXTS = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "QuotaExceeded",  # S3-compatible stores' refusals
+    "XMinioStorageFull",
+    "InsufficientStorage",
+    "NotEnoughSpace",
+)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an OSError, ``shutil.Error``, Arrow error, or one wrapping those) says space ran out."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return True
+        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+            return any(any(t in str(why) for t in _FULL_TEXTS) for *_, why in exc.args[0])
+        if any(t in str(exc) for t in _FULL_TEXTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def free_bytes(path: str) -> int | None:
+    """Free space on the filesystem that holds the local ``path`` (its nearest existing folder); None for URIs."""
+    if is_uri(path):
+        return None
+    folder = Path(normalize(path))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def size_text(n: float | None) -> str:
+    """A byte count for people: 1.2 MB, 600 KB."""
+    if n is None:
+        return "unknown"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def disk_full(path: str, need: int | None = None, fix: str = "free some space or write elsewhere") -> DiskFull:
+    """The one-line error for a full disk or quota at ``path``: its free space and about what is needed."""
+    free = free_bytes(path)
+    where = f"{size_text(free)} free" if free is not None else "the store refused the write"
+    needs = f", needs about {size_text(need)}" if need else ""
+    return DiskFull(f"{path}: no space left ({where}{needs}): {fix}")
+
+
+def check_space(path: str, need: int, flag: str) -> None:
+    """Before any work: fail with :class:`DiskFull` when the local ``path`` has less than ``need`` bytes free."""
+    free = free_bytes(path)
+    if free is not None and free < need:
+        raise disk_full(path, need, f"free some space or pass another {flag}")
 
 
 def is_uri(path: str) -> bool:
@@ -140,13 +212,15 @@ def _explain(exc: BaseException, path: str) -> str:
 
 
 @contextmanager
-def _errors(path: str) -> Iterator[None]:
-    """Turn filesystem errors about ``path`` into one-line ``StorageError``."""
+def _errors(path: str, need: int | None = None) -> Iterator[None]:
+    """Turn filesystem errors about ``path`` into one-line ``StorageError`` (``DiskFull`` when space ran out)."""
     try:
         yield
     except StorageError:
         raise
     except (OSError, pyarrow.ArrowException) as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, need) from None
         raise StorageError(f"{path}: {_explain(exc, path)}") from None
 
 
@@ -263,15 +337,16 @@ def publish_dir(local_dir: Path, dest: str, overwrite: bool = False) -> str:
     if not overwrite and (is_complete(dest) or (not is_uri(dest) and Path(dest).exists())):
         raise StorageError(f"{dest} exists: pass --overwrite or another --run-id")
     if not is_uri(dest):
-        with _errors(dest), atomic_dir(dest, overwrite=overwrite) as tmp:  # the swap is atomic: old or new
+        with _errors(dest, sum(files.values())), atomic_dir(dest, overwrite=overwrite) as tmp:  # old or new
             shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
             os.chmod(tmp, 0o755)  # copytree copied the 0700 of a TemporaryDirectory; reports are meant to be shared
             (tmp / MANIFEST).write_text(_manifest(files))
         return dest
     remove_dir(dest)  # an overwritten or half-written folder: its manifest goes first
-    for rel in files:
-        upload_file(local_dir / rel, join(dest, rel))
-    write_text(join(dest, MANIFEST), _manifest(files))
+    with _errors(dest, sum(files.values())):
+        for rel in files:
+            upload_file(local_dir / rel, join(dest, rel))
+        write_text(join(dest, MANIFEST), _manifest(files))
     return dest
 
 

@@ -102,3 +102,46 @@ def mlflow_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def error_lines(out: subprocess.CompletedProcess) -> list[str]:
     return [line for line in out.stderr.splitlines() if line.startswith("error:")]
+
+
+def start_job(script: str, *args: str, env: dict, group: bool = False) -> subprocess.Popen:
+    """``jobs/<script>`` as a real process, stdout and stderr apart; ``group``: in a process group of its own."""
+    cmd = [sys.executable, str(REPO / "jobs" / script), *args]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=group
+    )
+
+
+def signal_after_line(
+    proc: subprocess.Popen, prefix: str, sig: int, delay: float = 0.0, group: bool = False, timeout: float = 240
+) -> tuple[JobResult, float]:
+    """Read the job's stdout until a line starts with ``prefix``, send ``sig`` (to its whole process group with
+    ``group``, as ``timeout`` and systemd do), and wait for it to exit: (its result, seconds from signal to exit)."""
+    import signal as _signal
+    import time
+
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith(prefix):
+            time.sleep(delay)
+            sent = time.monotonic()
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+            out, err = proc.communicate(timeout=120)
+            return JobResult(proc.returncode, "".join(lines) + out, err), time.monotonic() - sent
+    proc.send_signal(_signal.SIGKILL)
+    out, err = proc.communicate()
+    raise AssertionError(f"no line {prefix!r}: " + ("".join(lines) + out)[-3000:] + err[-3000:])
+
+
+def assert_stopped_cleanly(result: JobResult, sig_name: str, next_step: str) -> None:
+    """Exit 128 + signal, one ``stopped by`` line on stderr with ``next_step``, no Ray dump, no traceback."""
+    import signal as _signal
+
+    both = result.stdout + result.stderr
+    assert result.returncode == 128 + _signal.Signals[sig_name].value, both[-3000:]
+    assert result.error_lines() == [f"stopped by {sig_name}; {next_step}"], both[-3000:]
+    assert "Traceback" not in both and "*** " not in both and "received at time" not in both, both[-3000:]
