@@ -119,7 +119,7 @@ class _QueueCallback(UserCallback):
         full = next((e for e in worker_exceptions.values() if storage.is_disk_full(e)), None)
         if full is not None:  # restarting cannot make space: the driver ends the run (kills this controller)
             detail = " ".join(str(full).split())[-300:]
-            self.queue.put_nowait({"disk_full": detail, "controller": ray.get_runtime_context().current_actor})
+            self.queue.put_nowait({"disk_full": detail, "controller": _current_actor()})
             return
         self.failures += 1
         ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
@@ -131,6 +131,14 @@ class _QueueCallback(UserCallback):
         else:
             then += f" (restart {self.failures} of --max-failures {self.max_failures})"
         self.queue.put_nowait({"event": f"lost worker rank {ranks} ({reason}); {then}"})
+
+
+def _current_actor():
+    """This actor's handle (the Train controller's, in a callback), or None outside an actor."""
+    try:
+        return ray.get_runtime_context().current_actor
+    except Exception:  # noqa: BLE001 - not in an actor
+        return None
 
 
 def fit_with_progress(
@@ -162,7 +170,8 @@ def fit_with_progress(
                 metrics = queue.get(timeout=0.5)
                 if "disk_full" in metrics:
                     box.setdefault("disk_full", metrics["disk_full"])
-                    ray.kill(metrics["controller"], no_restart=True)  # no worker-group restart: fail at once
+                    if metrics["controller"] is not None:  # no worker-group restart: fail at once
+                        ray.kill(metrics["controller"], no_restart=True)
                 elif "event" in metrics:
                     log.warning(metrics["event"])
                 elif "callback_error" not in box:

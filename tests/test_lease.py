@@ -56,7 +56,9 @@ def test_a_live_holder_blocks_and_a_killed_one_is_taken_over(tmp_path, caplog):
     folder = str(tmp_path / "runs" / "s")
     proc = _holder(folder)
     try:
-        with pytest.raises(lease.LeaseHeld, match=rf"run s is in use by another job \(host .*, pid {proc.pid}, started "):
+        with pytest.raises(
+            lease.LeaseHeld, match=rf"run s is in use by another job \(host .*, pid {proc.pid}, started "
+        ):
             lease.acquire(folder, "run s")
         assert not (tmp_path / "runs" / "s").exists()  # the refused job wrote nothing
     finally:

@@ -70,4 +70,3 @@ def test_sigterm_during_prediction_and_export_publishes_nothing(tmp_path, ray_se
     note = "nothing was published (an export folder is published whole or not at all); rerun the command"
     helpers.assert_stopped_cleanly(result, "SIGTERM", note)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images.idx3-ubyte"]  # no output, no lease left
-
