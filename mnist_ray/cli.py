@@ -157,7 +157,8 @@ def run(job: Callable[[list[str] | None], int], argv: list[str] | None = None) -
     except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, its one line already printed)
         return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP as stop.Stopped
-        stopped = exc if isinstance(exc, stop.Stopped) else stop.Stopped(signal.SIGINT)
+        # Ray Data re-raises an interrupt as a plain KeyboardInterrupt: the signal received is what counts.
+        stopped = exc if isinstance(exc, stop.Stopped) else stop.Stopped(stop.received() or signal.SIGINT)
         print(f"stopped by {stopped.name}; {stop.explain(exc)}", file=sys.stderr, flush=True)
         return stopped.exit_code
 
