@@ -151,16 +151,23 @@ def run(job: Callable[[list[str] | None], int], argv: list[str] | None = None) -
     try:
         with stop.next_step("re-run the same command to resume from the last checkpoint"):
             return job(argv) or 0
-    except MnistRayError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)  # always one line
-        return getattr(exc, "exit_code", EXIT_USAGE)
     except SystemExit as exc:  # argparse: --help (0) or a bad flag (2, its one line already printed)
         return exc.code if isinstance(exc.code, int) else 1
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP as stop.Stopped
-        # Ray Data re-raises an interrupt as a plain KeyboardInterrupt: the signal received is what counts.
-        stopped = exc if isinstance(exc, stop.Stopped) else stop.Stopped(stop.received() or signal.SIGINT)
-        print(f"stopped by {stopped.name}; {stop.explain(exc)}", file=sys.stderr, flush=True)
-        return stopped.exit_code
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or stop.received() is not None:  # Ctrl-C, SIGTERM, SIGHUP
+            return _stopped(exc)
+        if isinstance(exc, MnistRayError):
+            print("error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)  # always one line
+            return getattr(exc, "exit_code", EXIT_USAGE)
+        raise
+
+
+def _stopped(exc: BaseException) -> int:
+    """Print the one ``stopped by SIG...; <what next>`` line; the exit code a shell reports (128 + signal)."""
+    # Ray Data re-raises an interrupt as a plain KeyboardInterrupt: the signal received is what counts.
+    stopped = exc if isinstance(exc, stop.Stopped) else stop.Stopped(stop.received() or signal.SIGINT)
+    print(f"stopped by {stopped.name}; {stop.explain(exc)}", file=sys.stderr, flush=True)
+    return stopped.exit_code
 
 
 def main(job: Callable[[list[str] | None], int]) -> typing.NoReturn:

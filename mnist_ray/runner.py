@@ -112,6 +112,8 @@ class _QueueCallback(UserCallback):
         self.queue, self.max_failures, self.epoch, self.failures = queue, max_failures, 0, 0
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
+        if not self.epoch:  # the first report: the driver learns this controller, to end the run on a stop
+            self.queue.put_nowait({"controller": _current_actor()})
         self.epoch = metrics[0].get("epoch", self.epoch)
         self.queue.put_nowait(dict(metrics[0]))
 
@@ -141,6 +143,19 @@ def _current_actor():
         return None
 
 
+@contextlib.contextmanager
+def _ends_run_on_stop(box: dict):
+    """On Ctrl-C or a stop signal, kill the run's Train controller (and so its workers) before the driver goes on:
+    no epoch is trained, and no checkpoint written, after the job has said which epoch it resumes from."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if box.get("controller") is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(box["controller"], no_restart=True)
+        raise
+
+
 def fit_with_progress(
     trainer_factory: Callable[[list[UserCallback]], TorchTrainer], on_epoch: Callable[[dict], None], max_failures: int
 ):
@@ -166,9 +181,11 @@ def fit_with_progress(
         thread = threading.Thread(target=run, name="mnist-ray-fit", daemon=True)
         thread.start()
         while thread.is_alive() or not queue.empty():
-            with contextlib.suppress(Empty):
+            with contextlib.suppress(Empty), _ends_run_on_stop(box):
                 metrics = queue.get(timeout=0.5)
-                if "disk_full" in metrics:
+                if "controller" in metrics and len(metrics) == 1:
+                    box["controller"] = metrics["controller"]
+                elif "disk_full" in metrics:
                     box.setdefault("disk_full", metrics["disk_full"])
                     if metrics["controller"] is not None:  # no worker-group restart: fail at once
                         ray.kill(metrics["controller"], no_restart=True)

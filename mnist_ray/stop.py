@@ -55,6 +55,8 @@ def _handle(signum: int, frame) -> None:
     """The first signal goes to the innermost graceful hook, if any; otherwise (or a second time) raise."""
     first = not _received
     _received.append(signum)
+    # Calls into Ray cut short by the stop leave results nobody reads; Ray would log each as an "Unhandled error".
+    logging.getLogger("ray._private.worker").setLevel(logging.CRITICAL)
     if first and _hooks:
         _hooks[-1](signum)
         return
@@ -114,9 +116,11 @@ def next_step(what: Callable[[], str] | str) -> Iterator[None]:
     _next.append(what)
     try:
         yield
-    except KeyboardInterrupt as exc:
-        if not hasattr(exc, "next_step"):  # the innermost block says it, while its state is still at hand
-            exc.next_step = what() if callable(what) else what
+    except BaseException as exc:
+        # Any error once a stop signal arrived is its consequence (Ray's processes get the same SIGTERM from
+        # systemd or `timeout`, and the driver's calls into Ray fail): it is reported as the stop.
+        if (isinstance(exc, KeyboardInterrupt) or _received) and not hasattr(exc, "next_step"):
+            exc.next_step = what() if callable(what) else what  # the innermost block says it, state at hand
         raise
     finally:
         _next.remove(what)

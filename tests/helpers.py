@@ -145,3 +145,4 @@ def assert_stopped_cleanly(result: JobResult, sig_name: str, next_step: str) -> 
     assert result.returncode == 128 + _signal.Signals[sig_name].value, both[-3000:]
     assert result.error_lines() == [f"stopped by {sig_name}; {next_step}"], both[-3000:]
     assert "Traceback" not in both and "*** " not in both and "received at time" not in both, both[-3000:]
+    assert "Unhandled error" not in both and " ERROR " not in both, both[-3000:]
