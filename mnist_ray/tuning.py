@@ -18,10 +18,11 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from mnist_ray import cluster, data, optim, runner, stop, storage, sweep_report, tracking
+from mnist_ray import checkpoints, cluster, data, optim, runner, stop, storage, sweep_report, tracking
+from mnist_ray import storage as storage_lib  # run_trial's parameter is named storage (Tune passes it by name)
 from mnist_ray.config import CHOICES, RunOptions, TrainConfig, parse_json_object
 from mnist_ray.errors import ConfigError, ResourceError
 
@@ -177,10 +178,26 @@ def run_trial(config: dict[str, Any], data_refs: dict[str, tuple], storage: str,
     """Tune function trainable: one Ray Train run of the shared loop, named after the trial."""
     cfg = TrainConfig.from_dict(config)
     trial = tune.get_context().get_trial_id()
+    if _report_if_finished(cfg, storage_lib.join(storage, trial)):
+        return
     opts = RunOptions(name=trial, storage_path=storage, keep_checkpoints=1, max_failures=max_failures)
     result = runner.make_trainer(cfg, opts, data_refs, callbacks=[TuneReportCallback()]).fit()
     if result.error:
         raise result.error
+
+
+def _report_if_finished(cfg: TrainConfig, folder: str) -> bool:
+    """A resumed sweep's trial whose Train run finished as the sweep was stopped: report its last epoch to Tune.
+
+    Its Train run would resume complete and report nothing, and Tune would fail the trial for lacking the metric.
+    """
+    done = checkpoints.last_epoch(folder)
+    if done < cfg.epochs:
+        return False
+    latest = storage_lib.join(folder, f"{checkpoints.RAY_DIR_PREFIX}{done:03d}")
+    metrics = checkpoints.load(latest)["history"][-1]
+    tune.report({**metrics, CHECKPOINT_PATH_KEY: storage_lib.filesystem(latest)[1]})
+    return True
 
 
 class _TrialLog(tune.Callback):

@@ -19,6 +19,7 @@ from mnist_ray import checkpoints, storage, tracking, tuning
 from mnist_ray.config import RunOptions, TrainConfig, load_config
 from mnist_ray.errors import ConfigError, ResourceError
 from mnist_ray.jobs import tune
+from tests import helpers
 from tests.conftest import REPO, TINY
 from tests.helpers import call, cluster_env, mlflow_artifacts, mlflow_client, mlflow_history
 from tests.s3 import make_bucket
@@ -211,15 +212,20 @@ def _wait_for_terminated_trial(sweep: Path, proc, timeout=240) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_killed_driver_skips_finished_trials(tmp_path, ray_session):
-    # The killed driver starts its own local Ray, as a user's sweep does: a SIGKILLed Tune driver can leave a trial's
-    # placement group behind (Ray Train's cleaner races the kill), which must not starve the suite's shared Ray.
+def test_a_sweep_stopped_by_sigterm_says_so_and_resume_skips_finished_trials(tmp_path, ray_session):
+    # The stopped driver starts its own local Ray, as a user's sweep does: a stopped Tune driver can leave a trial's
+    # placement group behind (Ray Train's cleaner races the stop), which must not starve the suite's shared Ray.
     # The resume then runs on the suite's Ray (one local Ray's start and stop less).
     env = cluster_env(RAY_ADDRESS="local")
-    first = subprocess.Popen(_tune_cmd(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    first = subprocess.Popen(_tune_cmd(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _wait_for_terminated_trial(tmp_path / "resumable", first)
-    first.send_signal(signal.SIGKILL)
-    before = first.communicate()[0]
+    first.send_signal(signal.SIGTERM)  # Tune saves the sweep's state, then the job says how to continue
+    before, err = first.communicate(timeout=120)
+    helpers.assert_stopped_cleanly(
+        helpers.JobResult(first.returncode, before, err),
+        "SIGTERM",
+        "rerun with --resume to continue the sweep (finished trials are kept)",
+    )
     finished = {ln.split()[2].rstrip(":") for ln in before.splitlines() if ln.startswith("trial ")}
     assert finished and not (tmp_path / "resumable" / "trials.parquet").exists()
 
