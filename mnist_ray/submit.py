@@ -10,6 +10,8 @@ The address is ``--address``, else ``RAY_API_SERVER_ADDRESS`` or ``RAY_ADDRESS``
 job server's URL, e.g. ``http://127.0.0.1:8265``. The token is sent as ``ray job submit`` sends it: with
 ``RAY_AUTH_MODE=token``, from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``.
 
+Ctrl-C, SIGTERM or SIGHUP to this process stops the job (``ray job stop``) and exits 128 + the signal (130, 143).
+
 Exit codes: the entrypoint's own (a driver killed by signal N gives 128 + N); 1 when the job failed without one
 (its runtime environment could not be set up) or was stopped; 2, with one ``error:`` line, when the job server
 cannot be reached or refuses the submission.
@@ -23,6 +25,7 @@ import contextlib
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from urllib.parse import urlsplit
@@ -30,10 +33,13 @@ from urllib.parse import urlsplit
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
+from mnist_ray import stop
 from mnist_ray.cluster import reachable
 from mnist_ray.errors import EXIT_USAGE, MnistRayError
 
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+STOP_WAIT_S = 10.0
+"""After a stop is passed on, how long to wait for the job to end (the job server's own grace is 3 s)."""
 EXIT_JOB_FAILED = 1
 """The job failed or was stopped without an exit code of its own."""
 
@@ -132,9 +138,29 @@ def exit_code(info: JobDetails) -> int:
     return 128 - code if code < 0 else code  # killed by signal N: Popen gives -N, a shell 128 + N
 
 
+def stop_job(client: JobSubmissionClient, job_id: str, exc: KeyboardInterrupt) -> int:
+    """Pass a stop on to the job server, wait (bounded) for the job to end, and return 128 + the signal."""
+    signum = exc.signum if isinstance(exc, stop.Stopped) else (stop.received() or signal.SIGINT)
+    name = signal.Signals(signum).name
+    with contextlib.suppress(Exception):
+        client.stop_job(job_id)
+    status = "still stopping"
+    deadline = time.monotonic() + STOP_WAIT_S
+    with contextlib.suppress(Exception):
+        while time.monotonic() < deadline:
+            info = client.get_job_info(job_id)
+            if info.status.is_terminal():
+                status = info.status.value
+                break
+            time.sleep(0.5)
+    print(f"stopped by {name}; asked the job server to stop {job_id}: {status}", file=sys.stderr, flush=True)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     """Submit, stream the logs, and return the job's exit code (2 with one error line if the server is unusable)."""
     args = parse_args(argv)
+    stop.install()
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed ..." notes
     try:
         address = job_server_address(args.address)
@@ -147,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_wait:
         print(job_id)
         return 0
-    stream_logs(client, job_id)
-    info = wait(client, job_id)
+    try:
+        stream_logs(client, job_id)
+        info = wait(client, job_id)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP: the job is stopped too, not left running
+        return stop_job(client, job_id, exc)
     code = exit_code(info)
     detail = "" if info.driver_exit_code is not None else f": {(info.message or '').strip()[:500]}"
     print(f"job {job_id} {info.status.value}, exit code {code}{detail}", file=sys.stderr, flush=True)

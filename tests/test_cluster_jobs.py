@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ import pytest
 from ray.job_submission import JobSubmissionClient
 
 from tests.conftest import REPO
-from tests.helpers import error_lines, run_submit
+from tests.helpers import CLEAN_PATH, error_lines, run_submit
 from tests.ray_head import RayHead
 
 pytestmark = pytest.mark.slow
@@ -129,3 +131,53 @@ def test_a_job_joins_the_head_recorded_by_ray_start(head):
         f"ray: joined the cluster at {head.gcs} (the head started by ray start on this machine, recorded in {file})"
     )
     assert out.stdout.strip().splitlines() == [expected]
+
+
+def _job_lines_until(client: JobSubmissionClient, job_id: str, text: str, timeout: float = 240) -> str:
+    """The job's logs once they contain ``text``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        logs = client.get_job_logs(job_id)
+        if text in logs:
+            return logs
+        assert not client.get_job_status(job_id).is_terminal(), logs[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"no {text!r} in the job's logs")
+
+
+def test_ray_job_stop_ends_the_driver_by_itself_and_resubmitting_resumes(head, tmp_path):
+    args = ["--output", str(tmp_path), "--name", "stopped", "--epochs", "3", "--train-limit", "8192"]
+    entry = ["python", "jobs/train.py", *args, "--val-size", "512", "--batch-size", "64", "--no-augment"]
+    out = head.ray("job", "submit", "--no-wait", "--working-dir", str(REPO), "--", *entry)
+    job_id = re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+    client = JobSubmissionClient(head.dashboard)
+    _job_lines_until(client, job_id, "epoch   1/3")
+    assert head.ray("job", "stop", job_id).returncode == 0
+    while not client.get_job_status(job_id).is_terminal():
+        time.sleep(0.5)
+    logs = client.get_job_logs(job_id)
+    assert re.search(r"^stopped by SIGTERM; the same command resumes from epoch [23] ", logs, re.M), logs[-3000:]
+    assert "Traceback" not in logs and "*** SIGTERM" not in logs, logs[-3000:]
+    # STOPPED alone proves nothing (the server sets it after any stop): its supervisor saw the driver exit in time.
+    supervisor = (Path(head.temp_dir) / "session_latest" / "logs" / "jobs" / f"supervisor-{job_id}.log").read_text()
+    assert "terminated gracefully with SIGTERM" in supervisor and "force-killed" not in supervisor, supervisor[-2000:]
+    status, logs = submit(head, *entry[1:])
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert [ln.split()[1] for ln in logs.splitlines() if ln.startswith("epoch ")][0] != "1/3", logs[-3000:]
+    assert pd.read_parquet(tmp_path / "stopped" / "history.parquet")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_the_submitter_passes_sigterm_on_as_a_job_stop(head):
+    env = {"PATH": CLEAN_PATH, "HOME": os.environ["HOME"], "LANG": "C.UTF-8", "RAY_AUTH_MODE": "token"}
+    code = "import time; print('waiting', flush=True); time.sleep(300)"
+    cmd = [sys.executable, "-m", "mnist_ray.submit", "--address", head.dashboard, "--", "python", "-c", code]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("waiting"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    job_id = re.search(r"raysubmit_\w+", err).group(0)
+    assert err.strip().splitlines()[-1] == f"stopped by SIGTERM; asked the job server to stop {job_id}: STOPPED"
+    assert JobSubmissionClient(head.dashboard).get_job_status(job_id).value == "STOPPED"
