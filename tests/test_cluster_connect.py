@@ -70,6 +70,72 @@ def test_ray_address_at_a_dead_port_fails_at_once(tmp_path):
     assert f"RAY_ADDRESS points at 127.0.0.1:{dead}" in line and "unset RAY_ADDRESS" in line
 
 
+@contextlib.contextmanager
+def _server(kind: str):
+    """A live port on loopback that is not Ray: an HTTP server, an SSH-like banner, silence, or an instant close."""
+    import http.server
+    import socket
+
+    if kind == "http":
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+        return
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                if kind == "ssh":
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+                if kind == "close":
+                    conn.close()
+                else:
+                    held.append(conn)  # silent: accepted, never answered
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("http", "answers HTTP"),
+        ("ssh", "answers SSH (SSH-2.0-OpenSSH_9.2p1"),
+        ("silent", "accepts connections but says nothing"),
+        ("close", "closes connections at once"),
+    ],
+)
+def test_a_live_port_that_is_not_ray_is_one_line_within_30_s(tmp_path, kind, said):
+    with _server(kind) as port:
+        out, seconds = train_smoke(tmp_path, job_env(tmp_path, RAY_ADDRESS=f"127.0.0.1:{port}"))
+    line = assert_failed_fast_writing_nothing(out, seconds, tmp_path)
+    assert f"RAY_ADDRESS points at 127.0.0.1:{port}, which {said}" in line, line
+    assert "that is not a Ray GCS" in line
+
+
+def test_a_gcs_that_wants_a_token_this_job_lacks_is_the_token_error(tmp_path, ray_session):
+    gcs = ray_session.get_runtime_context().gcs_address
+    out, seconds = train_smoke(tmp_path, job_env(tmp_path, RAY_ADDRESS=gcs))  # no RAY_AUTH_MODE=token
+    line = assert_failed_fast_writing_nothing(out, seconds, tmp_path)
+    assert line == (
+        f"error: the cluster at {gcs} requires its token: set RAY_AUTH_MODE=token and put the token in "
+        "~/.ray/auth_token (or RAY_AUTH_TOKEN)"
+    )
+
+
 def test_a_job_server_url_in_ray_address_is_refused_with_the_fix(tmp_path):
     """The README exports RAY_ADDRESS=http://...:8265 for ray job submit; a job run directly cannot use it."""
     out, seconds = train_smoke(tmp_path, job_env(tmp_path, RAY_ADDRESS="http://127.0.0.1:8265"))
