@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
 sweep, denormals, overhead, cpu_profile, levers, sweep_levers, layout_levers, fit_timeline, throughput_levers,
-suite_idle, suite_idle_n2, eval_input, eval_pool, start_levers), then render docs/benchmarks.md.
+suite_idle, suite_idle_n2, eval_input, eval_pool, start_levers, ops_faults), then render docs/benchmarks.md.
 
 About 75 minutes on 2 cores; run nothing else meanwhile."""
 
@@ -20,6 +20,7 @@ from bench import (  # noqa: E402
     evaluation,
     fit_timeline,
     levers,
+    ops_faults,
     overhead,
     render,
     start_levers,
@@ -46,6 +47,7 @@ BENCHES = {
     "eval_pool": eval_pool.main,  # the evaluation's scoring in an actor pool or in tasks, 3 fresh-process pairs
     "start_levers": lambda: start_levers.main([]),  # three start-up levers of a fresh local Ray, none kept
     "suite_idle_n2": lambda: suite_idle.main(["--processes", "2"]),  # the same in 2 pytest processes (xdist)
+    "ops_faults": ops_faults.main,  # stop signals, one run name twice, full disks, wrong addresses: N of N clean
 }
 
 

@@ -69,21 +69,9 @@ def _job(script: str, *args: str, env: dict) -> subprocess.Popen:
     )
 
 
-def _kill_after_line(proc: subprocess.Popen, prefix: str, delay: float = 0.0, timeout: float = 240) -> list[str]:
+def _kill_after_line(proc: subprocess.Popen, prefix: str, delay: float = 0.0) -> None:
     """Read the job's output until a line starts with ``prefix``, then SIGKILL the driver."""
-    lines, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith(prefix):
-            time.sleep(delay)
-            proc.kill()
-            proc.communicate()
-            return lines
-    proc.kill()
-    raise AssertionError("".join(lines)[-3000:])
+    helpers.signal_after_line(proc, prefix, signal.SIGKILL, delay=delay)
 
 
 @pytest.fixture
