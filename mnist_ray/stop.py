@@ -30,7 +30,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: list[int] = []
 """The signals received so far, first first."""
 _hooks: list[Callable[[int], None]] = []
-_next: list[Callable[[], str] | str] = []
 _installed = False
 
 
@@ -105,25 +104,24 @@ def graceful(hook: Callable[[int], None]) -> Iterator[None]:
         _hooks.remove(hook)
 
 
-def reset() -> None:
-    """Forget received signals (a test that sends several to one process)."""
-    _received.clear()
-
-
 @contextlib.contextmanager
 def next_step(what: Callable[[], str] | str) -> Iterator[None]:
     """Inside, :func:`explain` says ``what`` (or calls it): what the user does after a stop, e.g. rerun to resume."""
-    _next.append(what)
     try:
         yield
     except BaseException as exc:
         # Any error once a stop signal arrived is its consequence (Ray's processes get the same SIGTERM from
         # systemd or `timeout`, and the driver's calls into Ray fail): it is reported as the stop.
         if (isinstance(exc, KeyboardInterrupt) or _received) and not hasattr(exc, "next_step"):
-            exc.next_step = what() if callable(what) else what  # the innermost block says it, state at hand
+            exc.next_step = _say(what)  # the innermost block says it, while its state is at hand
         raise
-    finally:
-        _next.remove(what)
+
+
+def _say(what: Callable[[], str] | str) -> str:
+    try:
+        return what() if callable(what) else what
+    except Exception:  # noqa: BLE001 - e.g. storage unreachable while stopping: a plainer line, not a traceback
+        return "re-run the same command"
 
 
 def explain(exc: BaseException) -> str:
