@@ -115,7 +115,8 @@ class _QueueCallback(UserCallback):
         if not self.epoch:  # the first report: the driver learns this controller, to end the run on a stop
             self.queue.put_nowait({"controller": _current_actor()})
         self.epoch = metrics[0].get("epoch", self.epoch)
-        self.queue.put_nowait(dict(metrics[0]))
+        path = {"checkpoint_path": checkpoint.path} if checkpoint else {}  # what a sweep's trial results carry
+        self.queue.put_nowait({**metrics[0], **path})
 
     def after_exception(self, run_context, worker_exceptions) -> None:
         full = next((e for e in worker_exceptions.values() if storage.is_disk_full(e)), None)
@@ -146,10 +147,11 @@ def _current_actor():
 @contextlib.contextmanager
 def _ends_run_on_stop(box: dict):
     """On Ctrl-C or a stop signal, kill the run's Train controller (and so its workers) before the driver goes on:
-    no epoch is trained, and no checkpoint written, after the job has said which epoch it resumes from."""
+    no epoch is trained, and no checkpoint written, after the job has said which epoch it resumes from. The same
+    when Tune ends a trial from inside its report (``SystemExit``, e.g. stopped by ASHA): its CPUs are freed now."""
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         if box.get("controller") is not None:
             with contextlib.suppress(Exception):
                 ray.kill(box["controller"], no_restart=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import ASHAScheduler
 
 from mnist_ray import checkpoints, cluster, data, optim, runner, stop, storage, sweep_report, tracking
@@ -181,7 +181,12 @@ def run_trial(config: dict[str, Any], data_refs: dict[str, tuple], storage: str,
     if _report_if_finished(cfg, storage_lib.join(storage, trial)):
         return
     opts = RunOptions(name=trial, storage_path=storage, keep_checkpoints=1, max_failures=max_failures)
-    result = runner.make_trainer(cfg, opts, data_refs, callbacks=[TuneReportCallback()]).fit()
+    # Each report reaches Tune from this thread, through the function trainable's own handshake. Ray Train's
+    # TuneReportCallback hands reports over through a second queue that Tune 2.60's step() drains into a result
+    # queue of size 1: when this function returned before step() took the last report, Tune's closing result
+    # filled that queue first and step() blocked forever (the sweep hung; tests/test_tuning.py reproduces it).
+    make = functools.partial(runner.make_trainer, cfg, opts, data_refs)
+    result = runner.fit_with_progress(lambda cbs: make(callbacks=cbs), tune.report, max_failures)
     if result.error:
         raise result.error
 
@@ -232,9 +237,18 @@ def _fmt(value: Any) -> str:
 
 
 def make_tuner(
-    cfg: TrainConfig, space: SearchSpace, sweep_opts: SweepOptions, run: RunOptions, concurrency: int, refs
+    cfg: TrainConfig,
+    space: SearchSpace,
+    sweep_opts: SweepOptions,
+    run: RunOptions,
+    concurrency: int,
+    refs,
+    callbacks: tuple[tune.Callback, ...] = (),
 ) -> tune.Tuner:
-    """A Tuner over ``space`` whose trials run :func:`run_trial` (fresh, or restored with --resume)."""
+    """A Tuner over ``space`` whose trials run :func:`run_trial` (fresh, or restored with --resume).
+
+    ``callbacks``: more Tune callbacks on the driver, after the sweep's own (its trial log, MLflow).
+    """
     trainable = tune.with_parameters(
         run_trial, data_refs=refs, storage=storage.join(run.storage, run.name, "train"), max_failures=run.max_failures
     )
@@ -271,6 +285,7 @@ def make_tuner(
             callbacks=[
                 _TrialLog(list(space.param_space), cfg.epochs),
                 *tracking.tune_callbacks(run.mlflow_uri, run.name),
+                *callbacks,
             ],
         ),
     )
@@ -313,8 +328,11 @@ def preflight(
     return SweepPlan(base, space, options, workers, arrays)
 
 
-def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
-    """Run (or resume) a sweep and write trials.parquet, tune.png, best.json and the best checkpoint."""
+def sweep(sp: SweepPlan, run: RunOptions, emit=log.info, callbacks: tuple[tune.Callback, ...] = ()) -> SweepResult:
+    """Run (or resume) a sweep and write trials.parquet, tune.png, best.json and the best checkpoint.
+
+    ``callbacks``: more Tune callbacks on the driver (see :func:`make_tuner`).
+    """
     runner.check_storage(run)
     space, options = sp.space, sp.options
     trials = options.num_samples * space.trials
@@ -326,7 +344,7 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info) -> SweepResult:
         f"{cfg.cpus_per_worker} CPU each, {cfg.epochs} epochs, ASHA on {METRIC}"
     )
     start = time.perf_counter()
-    tuner = make_tuner(cfg, space, options, run, concurrency, runner.put_data(cfg, sp.arrays))
+    tuner = make_tuner(cfg, space, options, run, concurrency, runner.put_data(cfg, sp.arrays), callbacks)
     if not options.resume:
         spec = {"base": sp.base.to_dict(), "space": asdict(space), "workers": sp.workers, "sweep": asdict(options)}
         storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from matplotlib import image
+from ray import tune as tune_lib
 
 from mnist_ray import checkpoints, storage, tracking, tuning
 from mnist_ray.config import RunOptions, TrainConfig, load_config
@@ -237,3 +238,32 @@ def test_a_sweep_stopped_by_sigterm_says_so_and_resume_skips_finished_trials(tmp
     assert not rerun & finished  # finished trials were not run again
     trials = pd.read_parquet(tmp_path / "resumable" / "trials.parquet")
     assert len(trials) == 2 and (trials["epochs_completed"] == 1).all() and not trials["stopped_early"].any()
+
+
+class _SlowDriver(tune_lib.Callback):
+    """Holds the Tune driver for ``delay_s`` after a trial's first result, as a loaded driver (or a long-lived
+    cluster's busy one) would: meanwhile the trial's Train run reports its last epoch and its function returns."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get("epoch") == 1:
+            time.sleep(self.delay_s)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240, method="signal")
+def test_a_trial_whose_last_report_waits_on_a_slow_driver_does_not_hang_the_sweep(tmp_path):
+    """The Tune 2.60 deadlock the suite used to rerun around, made deterministic on the suite's shared Ray.
+
+    Ray Train's TuneReportCallback hands each report to the trial through an inter-actor queue, which the trial's
+    ``step`` drains into its own result queue (size 1). When the trial function returns first, Tune's wrapper puts
+    its closing result in that queue, and ``step`` then blocks forever putting the last report behind it.
+    """
+    run = RunOptions(name="slowdriver", output=str(tmp_path))
+    space = tuning.SearchSpace(lr_values=(3e-3,), optimizers=("adam",))
+    plan = tuning.preflight(BASE, space, tuning.SweepOptions(num_samples=1, max_concurrent=1), run)
+    out = tuning.sweep(plan, run, callbacks=(_SlowDriver(delay_s=25.0),))
+    trials = pd.read_parquet(out.trials)
+    assert len(trials) == 1 and trials["epochs_completed"].tolist() == [2]
