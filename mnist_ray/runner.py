@@ -108,8 +108,9 @@ def make_trainer(
 class _QueueCallback(UserCallback):
     """Forwards rank 0's metrics, and one line per lost worker group, from the Train controller to the driver."""
 
-    def __init__(self, queue, max_failures: int) -> None:
+    def __init__(self, queue, max_failures: int, acks=None) -> None:
         self.queue, self.max_failures, self.epoch, self.failures = queue, max_failures, 0, 0
+        self.acks = acks
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if not self.epoch:  # the first report: the driver learns this controller, to end the run on a stop
@@ -117,6 +118,8 @@ class _QueueCallback(UserCallback):
         self.epoch = metrics[0].get("epoch", self.epoch)
         path = {"checkpoint_path": checkpoint.path} if checkpoint else {}  # what a sweep's trial results carry
         self.queue.put_nowait({**metrics[0], **path})
+        if self.acks is not None:  # hold the run until the driver has handled this report (see fit_with_progress)
+            self.acks.get(block=True)
 
     def after_exception(self, run_context, worker_exceptions) -> None:
         full = next((e for e in worker_exceptions.values() if storage.is_disk_full(e)), None)
@@ -158,21 +161,37 @@ def _ends_run_on_stop(box: dict):
         raise
 
 
+def _handle_report(metrics: dict, on_epoch: Callable[[dict], None], box: dict) -> None:
+    """Call ``on_epoch``, keeping its first error for after the fit (later reports are then skipped)."""
+    if "callback_error" in box:
+        return
+    try:
+        on_epoch(metrics)
+    except Exception as exc:  # noqa: BLE001 - kept until fit ends, then raised
+        box["callback_error"] = exc
+
+
 def fit_with_progress(
-    trainer_factory: Callable[[list[UserCallback]], TorchTrainer], on_epoch: Callable[[dict], None], max_failures: int
+    trainer_factory: Callable[[list[UserCallback]], TorchTrainer],
+    on_epoch: Callable[[dict], None],
+    max_failures: int,
+    in_step: bool = False,
 ):
     """Run ``trainer.fit()`` in a thread while calling ``on_epoch`` on the driver for each report.
 
-    The queue actor is always killed and the thread always joined; an error raised by ``on_epoch``
+    The queue actors are always killed and the thread always joined; an error raised by ``on_epoch``
     does not abandon a running fit: it is raised once the fit has ended. A lost worker group is
     logged as one line (which rank, from which epoch it restarts, restart k of ``max_failures``).
+    ``in_step``: the run waits at each report until ``on_epoch`` has returned (a Tune trial: Tune decides on an
+    epoch before the next one is trained, so ASHA's stop never finds that epoch's checkpoint already replaced).
     """
     from ray.util.queue import Empty, Queue
 
     queue = Queue(actor_options={"num_cpus": 0})
+    acks = Queue(actor_options={"num_cpus": 0}) if in_step else None
     box: dict[str, Any] = {}
     try:
-        trainer = trainer_factory([_QueueCallback(queue, max_failures)])
+        trainer = trainer_factory([_QueueCallback(queue, max_failures, acks)])
 
         def run() -> None:
             try:
@@ -193,14 +212,15 @@ def fit_with_progress(
                         ray.kill(metrics["controller"], no_restart=True)
                 elif "event" in metrics:
                     log.warning(metrics["event"])
-                elif "callback_error" not in box:
-                    try:
-                        on_epoch(metrics)
-                    except Exception as exc:  # noqa: BLE001 - kept until fit ends, then raised
-                        box["callback_error"] = exc
+                else:
+                    _handle_report(metrics, on_epoch, box)
+                    if acks is not None:  # the run waits for this, handled or not
+                        acks.put_nowait(True)
         thread.join()
     finally:
         ray.kill(queue.actor)
+        if acks is not None:
+            ray.kill(acks.actor)
     if "disk_full" in box:
         raise storage.DiskFull(box["disk_full"])
     if "error" in box:

@@ -186,7 +186,7 @@ def run_trial(config: dict[str, Any], data_refs: dict[str, tuple], storage: str,
     # queue of size 1: when this function returned before step() took the last report, Tune's closing result
     # filled that queue first and step() blocked forever (the sweep hung; tests/test_tuning.py reproduces it).
     make = functools.partial(runner.make_trainer, cfg, opts, data_refs)
-    result = runner.fit_with_progress(lambda cbs: make(callbacks=cbs), tune.report, max_failures)
+    result = runner.fit_with_progress(lambda cbs: make(callbacks=cbs), tune.report, max_failures, in_step=True)
     if result.error:
         raise result.error
 
