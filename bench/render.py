@@ -124,6 +124,21 @@ def ops_faults() -> list[str]:
     ]
 
 
+def asha_sweeps() -> list[str]:
+    """The sweep-hang bench: ASHA sweeps in a row on one shared Ray."""
+    r = _load("asha_sweeps")
+    if not r:
+        return []
+    return [
+        "## ASHA sweeps on a shared Ray",
+        "",
+        f"`{r['command']}` ({r['date']}): **{r['sweeps']} sweeps, {r['hangs']} hangs**, {r['failed']} failed; ASHA",
+        f"stopped the hopeless trial early in {r['asha_stopped_the_hopeless_trial']} of them; each sweep took",
+        f"{r['wall_s_median']} s (median), {r['wall_s_max']} s at most.",
+        "",
+    ]
+
+
 def levers() -> list[str]:
     """The A/B tables of Ray's fixed-cost levers: Ray's default against this project's setting, interleaved runs."""
     fresh = "interleaved pairs, each a fresh process with its own local Ray."
@@ -383,6 +398,7 @@ def main() -> None:
         *goals(),
         "",
         *ops_faults(),
+        *asha_sweeps(),
         "## Levers: A/B of Ray's fixed costs",
         "",
         *levers(),

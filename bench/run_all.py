@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
 sweep, denormals, overhead, cpu_profile, levers, sweep_levers, layout_levers, fit_timeline, throughput_levers,
-suite_idle, suite_idle_n2, eval_input, eval_pool, start_levers, ops_faults), then render docs/benchmarks.md.
+suite_idle, suite_idle_n2, eval_input, eval_pool, start_levers, ops_faults, asha_sweeps), then render
+docs/benchmarks.md.
 
 About 75 minutes on 2 cores; run nothing else meanwhile."""
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (  # noqa: E402
     accuracy,
+    asha_sweeps,
     cpu_profile,
     denormals,
     eval_input,
@@ -48,6 +50,7 @@ BENCHES = {
     "start_levers": lambda: start_levers.main([]),  # three start-up levers of a fresh local Ray, none kept
     "suite_idle_n2": lambda: suite_idle.main(["--processes", "2"]),  # the same in 2 pytest processes (xdist)
     "ops_faults": ops_faults.main,  # stop signals, one run name twice, full disks, wrong addresses: N of N clean
+    "asha_sweeps": asha_sweeps.main,  # 30 ASHA sweeps on one shared Ray: hangs counted
 }
 
 
