@@ -160,7 +160,6 @@ def stop_job(client: JobSubmissionClient, job_id: str, exc: KeyboardInterrupt) -
 def main(argv: list[str] | None = None) -> int:
     """Submit, stream the logs, and return the job's exit code (2 with one error line if the server is unusable)."""
     args = parse_args(argv)
-    stop.install()
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed ..." notes
     try:
         address = job_server_address(args.address)
@@ -185,4 +184,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    stop.install()  # Ctrl-C, SIGTERM, SIGHUP: stop the job too (see stop_job)
     sys.exit(main())
