@@ -13,13 +13,16 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mnist_ray import data, models, storage
 from mnist_ray.errors import CheckpointError
+
+if TYPE_CHECKING:  # config imports this module's neighbours; only the annotation needs it
+    from mnist_ray.config import TrainConfig
 
 FILENAME = "model.pt"
 """The file inside every checkpoint folder."""
@@ -33,7 +36,7 @@ LEGACY_NORMALIZATION = data.Normalization(0.1307, 0.3081)
 both datasets (the loop used them for Fashion-MNIST too), so that is what they are scored with."""
 
 
-def estimate_bytes(cfg) -> int:
+def estimate_bytes(cfg: TrainConfig) -> int:
     """About how large one checkpoint of ``cfg``'s model is: weights plus the optimizer's two state tensors each."""
     net = models.build(cfg.model, cfg.dropout, seed=cfg.seed)
     return 3 * sum(p.numel() * p.element_size() for p in net.parameters()) + 64_000
