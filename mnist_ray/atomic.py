@@ -59,13 +59,18 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o755)
     try:
         yield tmp
-        if target.exists() and overwrite:
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)  # fails if target exists and is non-empty
+        swap_in(tmp, target, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_in(tmp: Path, target: Path, overwrite: bool = False) -> None:
+    """Rename the finished folder ``tmp`` onto ``target`` (same filesystem), replacing it only with ``overwrite``."""
+    if target.exists() and overwrite:
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)  # fails if target exists and is non-empty

@@ -23,8 +23,8 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from mnist_ray import stop
-from mnist_ray.config import CHOICES, PRESETS, RayOptions, RunOptions, TrainConfig, load_config
+from mnist_ray import layout, stop
+from mnist_ray.config import CHOICES, PRESETS, RayOptions, RunOptions, TrainConfig, load_config, load_with_request
 from mnist_ray.errors import EXIT_USAGE, MnistRayError
 
 STOPPED_EXIT_S = 2.0
@@ -85,11 +85,13 @@ def add_fields(
     keep_unset: bool = False,
     skip: Iterable[str] = (),
     help_overrides: dict[str, str] | None = None,
+    auto: Iterable[str] = (),
 ) -> None:
     """Add one flag per field of dataclass ``cls``; ``shown`` (an instance) supplies the defaults.
 
     With ``keep_unset`` every flag defaults to None, so the caller can tell flags given from flags
-    left out (TrainConfig flags override a preset and a --config file only when given).
+    left out (TrainConfig flags override a preset and a --config file only when given). Fields named in
+    ``auto``, and fields whose default is ``"auto"``, also take the value ``auto`` (:mod:`mnist_ray.layout`).
     """
     hints = typing.get_type_hints(cls)
     docs = {**field_docs(cls), **(help_overrides or {})}
@@ -97,11 +99,14 @@ def add_fields(
         if f.name in skip:
             continue
         kind, nargs = _kind(hints[f.name])
-        default = getattr(shown, f.name)
+        default = layout.AUTO if f.name in auto else getattr(shown, f.name)
         text = docs.get(f.name, "")
         if default is not None and default != ():
             text += f" (default: {_shown(default)})"
         kwargs: dict[str, Any] = {"help": text.replace("%", "%%"), "default": None if keep_unset else default}
+        if default == layout.AUTO:
+            _add_auto(group, "--" + f.name.replace("_", "-"), kind, kwargs)
+            continue
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -114,6 +119,38 @@ def add_fields(
             if choices:  # a tuple field named in the plural (optimizers) takes the singular's choices
                 kwargs.update(choices=choices, metavar=None)
         group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def _add_auto(group: argparse._ActionsContainer, flag: str, kind: type, kwargs: dict[str, Any]) -> None:
+    """A flag that takes ``auto`` or a value: ``--num-workers auto|N``; a switch: ``--use-gpu [auto|yes|no]``, whose
+    bare form means yes, and ``--no-use-gpu``."""
+    if kind is bool:
+        group.add_argument(flag, nargs="?", const=True, type=_auto_or_bool, metavar="auto|yes|no", **kwargs)
+        group.add_argument("--no-" + flag[2:], dest=flag[2:].replace("-", "_"), action="store_const", const=False)
+    else:
+        group.add_argument(flag, type=_auto_or(kind), metavar="auto|N", **kwargs)
+
+
+def _auto_or_bool(text: str) -> bool | str:
+    """``auto``, or a yes/no answer as a bool."""
+    answers = {"auto": layout.AUTO, "yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
+    if text.lower() not in answers:
+        raise argparse.ArgumentTypeError(f"expected auto, yes or no, got {text!r}")
+    return answers[text.lower()]
+
+
+def _auto_or(kind: type) -> Callable[[str], Any]:
+    """A parser of ``auto`` or a ``kind`` value, whose name argparse shows in its error."""
+
+    def parse(text: str) -> Any:
+        if text == layout.AUTO:
+            return layout.AUTO
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected auto or {kind.__name__}, got {text!r}") from None
+
+    return parse
 
 
 def build(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
@@ -130,13 +167,16 @@ def add_config_flags(p: argparse.ArgumentParser, base: dict[str, Any] | None = N
         "--preset", default="default", choices=list(PRESETS), help="named recipe to start from (default: default)"
     )
     g.add_argument("--config", metavar="FILE.json", help="JSON file or URI of TrainConfig fields (e.g. best.json)")
-    add_fields(g, TrainConfig, load_config(base=base), keep_unset=True)
+    add_fields(g, TrainConfig, load_config(base=base), keep_unset=True, auto=layout.FIELDS)
 
 
-def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
-    """Preset, then --config file, then the flags given (``base``: this job's own defaults, below all)."""
+def config_from_args(
+    args: argparse.Namespace, base: dict[str, Any] | None = None
+) -> tuple[TrainConfig, layout.Request]:
+    """Preset, then --config file, then the flags given (``base``: this job's own defaults, below all), and the
+    layout fields left to the cluster (``auto``)."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    return load_config(args.preset, args.config, overrides, base)
+    return load_with_request(args.preset, args.config, overrides, base)
 
 
 def add_run_flags(p: argparse.ArgumentParser, defaults: RunOptions, **kw: Any) -> None:

@@ -188,6 +188,22 @@ EARLY_COORDINATOR_ENV = "MNIST_RAY_EARLY_COORDINATOR"
 """Set to 0 to leave the AutoscalingCoordinator to Ray (bench/start_levers.py's "Ray's default" side)."""
 
 
+def alive_nodes() -> int:
+    """How many nodes of the connected cluster are alive."""
+    return sum(1 for n in ray.nodes() if n["Alive"])
+
+
+def check_single_node(what: str, path: str) -> None:
+    """A local ``path`` (``what`` names its flag) is on one machine's disk: refuse it where tasks of other nodes
+    would write there."""
+    nodes = alive_nodes()
+    if nodes > 1:
+        raise ResourceError(
+            f"this Ray cluster has {nodes} nodes: {what} {path} is on one machine's disk; "
+            "pass an s3://bucket/prefix every node reaches"
+        )
+
+
 def _start_autoscaling_coordinator() -> None:
     """Start Ray's ``AutoscalingCoordinator`` actor now, from the driver, instead of at the first fit or evaluation.
 

@@ -71,7 +71,7 @@ def run_ids(sources: Sequence[str], base: str) -> list[str]:
 def prepare_all(sources: Sequence[str], dataset: str | None = None, data_dir: str | None = None) -> list:
     """Load every checkpoint and the test set once (before Ray); refuse models trained on different datasets."""
     first = evaluation.prepare(sources[0], dataset, data_dir)
-    prepared = [first] + [evaluation.prepare(s, dataset, arrays=first.arrays) for s in sources[1:]]
+    prepared = [first] + [evaluation.prepare(s, dataset, test=first.test) for s in sources[1:]]
     odd = [p for p in prepared if p.state["dataset"] != first.state["dataset"]]
     if odd:
         raise ConfigError(
@@ -132,7 +132,7 @@ def _gallery_rows(results: Sequence[Result]) -> list[tuple]:
         heading = f"{metrics['run_id']}\n({metrics['model']}) wrong,\n{others} right:\n{int(alone.sum())} images"
         heading += ",\nmost confident first" if len(wrong) else ""
         idx = wrong["index"].to_numpy()
-        rows.append((heading, ev.images[idx], *(wrong[c].to_numpy() for c in ("label", "predicted", "confidence"))))
+        rows.append((heading, ev.images_at(idx), *(wrong[c].to_numpy() for c in ("label", "predicted", "confidence"))))
     return rows
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from mnist_ray import models, optim
+from mnist_ray import layout, models, optim
 from mnist_ray.data import DATASET_INFO, TRAIN_IMAGES
 from mnist_ray.errors import ConfigError
 
@@ -52,6 +52,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "max_failures": (0, 1000, "[]"),
     "keep_checkpoints": (1, 1000, "[]"),
     "num_cpus": (1, 100_000, "[]"),
+    "actors": (1, 1024, "[]"),
 }
 """Allowed interval of each numeric field (``(``/``)`` open, ``[``/``]`` closed); None values are skipped."""
 
@@ -63,7 +64,7 @@ def validate_fields(obj: Any) -> None:
     """Apply the per-field rules (choices, finite numbers, ranges) to any config dataclass."""
     for f in fields(obj):
         value = getattr(obj, f.name)
-        if value is None or isinstance(value, bool):
+        if value is None or isinstance(value, bool) or value == layout.AUTO:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.name in CHOICES and value not in CHOICES[f.name]:
@@ -130,12 +131,12 @@ class TrainConfig:
     """Cross-entropy label smoothing in [0, 1)."""
     dropout: float = 0.25
     """Dropout before the classifier head."""
-    num_workers: int = 2
-    """Ray Train workers (data-parallel replicas)."""
+    num_workers: int = 1
+    """Ray Train workers (data-parallel replicas); auto: one per GPU, else one per node (mnist_ray.layout)."""
     cpus_per_worker: int = 1
-    """CPUs reserved per worker; also the worker's torch thread count."""
+    """CPUs reserved per worker, also its torch thread count; auto: the node's CPUs (1 with GPUs, at most 16)."""
     use_gpu: bool = False
-    """Train on GPUs (bf16 autocast on CUDA)."""
+    """Train on GPUs (bf16 autocast on CUDA); auto: when the cluster has a GPU."""
     gpus_per_worker: float = 1.0
     """GPU share per worker with --use-gpu: 1 = a GPU each; 0.5 lets two workers share one (use gloo)."""
     ddp_backend: str = "auto"
@@ -223,13 +224,27 @@ def load_config(
     base: dict[str, Any] | None = None,
 ) -> TrainConfig:
     """Merge a job's ``base`` values, a preset, a JSON file and flag overrides (later wins) into a config."""
+    return load_with_request(preset, path, overrides, base)[0]
+
+
+def load_with_request(
+    preset: str = "default",
+    path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> tuple[TrainConfig, layout.Request]:
+    """:func:`load_config`, and what it left to the cluster: the fields that are ``auto`` or set by nobody.
+
+    An auto layout field keeps the dataclass default (one CPU worker, which any batch splits over) until
+    :func:`mnist_ray.layout.resolve` decides it on the cluster.
+    """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    values: dict[str, Any] = {**(base or {}), **PRESETS[preset]}
-    if path is not None:
-        values.update(read_config_file(path))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return TrainConfig.from_dict(values)
+    flags = overrides or {}
+    file = read_config_file(path) if path is not None else {}
+    given = {k: v for k, v in flags.items() if v is not None and v != layout.AUTO}
+    values: dict[str, Any] = {**(base or {}), **PRESETS[preset], **file, **given}
+    return TrainConfig.from_dict(values), layout.request(flags, PRESETS[preset], file, base or {})
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -211,6 +211,34 @@ def load(dataset: str = "mnist", data_dir: str | Path | None = None) -> Arrays:
     )
 
 
+@dataclass(frozen=True)
+class TestFiles:
+    """Where a dataset's test split lives (two IDX files, raw or .gz) and how many images it holds."""
+
+    images: str
+    labels: str
+    n: int
+
+
+def test_files(dataset: str = "mnist", data_dir: str | Path | None = None) -> TestFiles:
+    """Locate and verify ``dataset``'s test files (checksums, sizes) for Ray Data tasks to read them."""
+    files = find_files(dataset, data_dir)
+    parsed = {key: read_idx(files[key], *SPLITS[key][1:]) for key in ("test_images", "test_labels")}
+    if len(parsed["test_images"][0]) != len(parsed["test_labels"][0]):
+        raise DataError(f"test: {len(parsed['test_images'][0])} images but {len(parsed['test_labels'][0])} labels")
+    for key in parsed:
+        expected = DATASET_INFO[dataset].sha256.get(SPLITS[key][0])
+        if expected and parsed[key][1] != expected:
+            raise DataError(f"{files[key]}: SHA-256 mismatch (corrupted, or not {dataset}); replace the file")
+    return TestFiles(str(files["test_images"]), str(files["test_labels"]), len(parsed["test_labels"][0]))
+
+
+def read_test(files: TestFiles, rows: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The test images (uint8, N x 28 x 28) and int64 labels at ``rows``."""
+    images = read_idx(Path(files.images), *SPLITS["test_images"][1:])[0][rows]
+    return images, read_idx(Path(files.labels), *SPLITS["test_labels"][1:])[0][rows].astype(np.int64)
+
+
 def split_train_val(n: int, val_size: int, seed: int, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded disjoint (train, val) index arrays over ``n`` training images.
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_ray import checkpoints, data, models, output, storage
+from mnist_ray import checkpoints, data, models, output, pipeline, storage
 from mnist_ray.config import DEFAULT_RUNS
 from mnist_ray.errors import CheckpointError, ConfigError, ResourceError
 
@@ -53,20 +53,20 @@ def resolve_checkpoint(checkpoint: str | None = None, run: str | None = None, mo
 
 @dataclass(frozen=True)
 class Prepared:
-    """A checkpoint loaded and checked, and the test data it is scored on: everything before Ray."""
+    """A checkpoint loaded and checked, and the test files it is scored on: everything before Ray."""
 
     checkpoint: str
     state: dict[str, Any]
-    arrays: data.Arrays
+    test: data.TestFiles
 
 
 def prepare(
-    checkpoint: str, dataset: str | None = None, data_dir: str | None = None, arrays: data.Arrays | None = None
+    checkpoint: str, dataset: str | None = None, data_dir: str | None = None, test: data.TestFiles | None = None
 ) -> Prepared:
-    """Load the checkpoint and the test set, failing here (not in an actor) on any problem with either."""
+    """Load the checkpoint and verify the test files, failing here (not in a Ray task) on any problem with either."""
     state = checkpoints.load(checkpoint, dataset=dataset)
-    checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in an actor
-    return Prepared(checkpoint, state, arrays if arrays is not None else data.load(state["dataset"], data_dir))
+    checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a task
+    return Prepared(checkpoint, state, test if test is not None else data.test_files(state["dataset"], data_dir))
 
 
 CPU_CHUNK = 256
@@ -112,7 +112,7 @@ class Predictor:
         confidence, predicted = log_probs.exp().max(1)
         loss = -log_probs.gather(1, labels[:, None])[:, 0]
         return {
-            "index": batch["index"],
+            "index": batch["row"],
             "label": batch["label"],
             "predicted": predicted.cpu().numpy(),
             "confidence": confidence.cpu().numpy(),
@@ -128,7 +128,11 @@ class Evaluation:
     checkpoint: str
     model: str
     dataset: str
-    images: np.ndarray
+    test: data.TestFiles
+
+    def images_at(self, index: np.ndarray) -> np.ndarray:
+        """The test images at ``index`` (the few a gallery shows), read from the test files."""
+        return data.read_test(self.test, np.asarray(index, dtype=np.int64))[0]
 
 
 def predict(
@@ -141,18 +145,29 @@ def predict(
 ) -> Evaluation:
     """Score every test image with Ray Data, ``actors`` model replicas at once; Ray must be initialised.
 
-    ``progress`` turns on Ray Data's per-operator progress output; ``pool`` is :func:`score`'s.
+    Ray Data tasks read the test files in ``actors`` slices (:mod:`mnist_ray.pipeline`); only the predictions come
+    back. ``progress`` turns on Ray Data's per-operator progress output; ``pool`` is :func:`score`'s.
     """
-    x, y = prep.arrays.test_x, prep.arrays.test_y
-    frame = pd.DataFrame({"index": np.arange(len(y)), "label": y, "image": list(x)})
-    scored = score(frame, prep.checkpoint, prep.state, Predictor, use_gpu, actors, batch_size, progress, pool)
-    predictions = scored.sort_values("index", ignore_index=True)
+    units = pipeline.idx_units(prep.test.images, prep.test.labels, prep.test.n, max(1, actors))
+    scored = score(
+        pipeline.dataset(units, local=True),
+        prep.checkpoint,
+        prep.state,
+        Predictor,
+        use_gpu,
+        actors,
+        batch_size,
+        progress,
+        pool,
+    )
+    with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
+        predictions = scored.to_pandas().sort_values("index", ignore_index=True)
     predictions["correct"] = predictions["label"] == predictions["predicted"]
-    return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], x)
+    return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], prep.test)
 
 
 def score(
-    frame: pd.DataFrame,
+    ds: Any,
     checkpoint: str,
     state: dict[str, Any],
     fn: type = Predictor,
@@ -161,14 +176,14 @@ def score(
     batch_size: int = 1000,
     progress: bool = False,
     pool: str | None = None,
-) -> pd.DataFrame:
-    """Map ``frame`` (an ``image`` column of uint8 28x28 arrays) through ``fn``, ``actors`` replicas at once.
+) -> Any:
+    """``ds`` (rows with an ``image`` column of uint8 28x28) mapped through ``fn``, ``actors`` replicas at once.
 
-    ``fn`` is :class:`Predictor` or a subclass (the prediction job's); rows come back in any order. ``pool`` is
-    ``"tasks"`` on CPUs and ``"actors"`` (a pool of ``actors`` replicas) with ``use_gpu``: Ray runs a GPU function's
-    process for one call only (``max_calls=1``), so GPU tasks would start a process and initialise CUDA per block,
-    and the GPU path keeps the actor pool measured on the H100s (docs/gpu.md). ``bench/eval_pool.py`` compares the
-    two on CPUs.
+    ``fn`` is :class:`Predictor` or a subclass (the prediction job's). ``pool`` is ``"tasks"`` on CPUs and
+    ``"actors"`` (a pool of ``actors`` replicas) with ``use_gpu``: Ray runs a GPU function's process for one call
+    only (``max_calls=1``), so GPU tasks would start a process and initialise CUDA per block, and the GPU path
+    keeps the actor pool measured on the H100s (docs/gpu.md). ``bench/eval_pool.py`` compares the two on CPUs.
+    Returns the mapped dataset, lazily: consuming it runs the pipeline.
     """
     import uuid
 
@@ -182,8 +197,6 @@ def score(
     nodes = sum(1 for n in ray.nodes() if n["Alive"])
     local_only = not storage.is_uri(checkpoint) and nodes > 1
     source = {"ref": [ray.put(state)]} if local_only else {"path": checkpoint}
-    bounds = np.linspace(0, len(frame), actors * 2 + 1).astype(int)  # a few blocks per replica keep each one busy
-    ds = ray.data.from_pandas([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
     pool = pool or ("actors" if use_gpu else "tasks")
     if pool not in ("tasks", "actors"):
         raise ValueError(f"pool must be 'tasks' or 'actors', not {pool!r}")
@@ -193,11 +206,9 @@ def score(
     else:
         kwargs.update(scorer=fn, evaluation=uuid.uuid4().hex)
         mapped = {"fn": _score_batch, "fn_kwargs": kwargs, "compute": ray.data.TaskPoolStrategy(size=actors)}
-    scored = ds.map_batches(
+    return ds.map_batches(
         **mapped, batch_size=batch_size, batch_format="numpy", num_cpus=1, num_gpus=1 if use_gpu else 0
     )
-    with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
-        return scored.to_pandas()
 
 
 _LOADED: dict[str, Any] = {}

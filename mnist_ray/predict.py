@@ -25,18 +25,16 @@ import gzip
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from mnist_ray import data, evaluation, storage
+from mnist_ray import data, evaluation, output, pipeline, storage
 from mnist_ray.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -108,18 +106,6 @@ def _dangling_links(root: str) -> list[str]:
     return found
 
 
-def load(path: str, invert: str = "auto", column: str = "image") -> list[Item]:
-    """Read and convert every image under ``path``; bad input unless at least one image is readable."""
-    items = [item for source in discover(path) for item in read_file(source, invert, column)]
-    if all(i.error for i in items):
-        first = items[0]
-        raise DataError(
-            f"--input {storage.normalize(path)}: no readable image in {len(items)} item(s) "
-            f"(first: {first.source}: {first.error})"
-        )
-    return items
-
-
 def read_file(source: str, invert: str, column: str) -> list[Item]:
     """The items of one file: one image, every image of an IDX file, or every row of a Parquet file."""
     if not storage.is_uri(source) and os.path.islink(source) and not os.path.exists(source):
@@ -164,8 +150,26 @@ def _parquet_items(local: Path, source: str, invert: str, column: str) -> list[I
     if column not in table.column_names:
         names = ", ".join(table.column_names)
         return [Item(source, error=f"no column {column!r} (columns: {names}): pass --column")]
-    values = table.column(column).to_pylist()
-    return [_item(f"{source}#{i}", lambda v=v: from_value(v), invert) for i, v in enumerate(values)]
+    return _cells(source, table.column(column).to_pylist(), 0, invert)
+
+
+def read_row_group(source: str, group: int, first: int, column: str, invert: str) -> list[Item]:
+    """The items of one row group of a Parquet file (path or URI), rows numbered from ``first`` in the file."""
+    import pyarrow.parquet as pq
+
+    try:
+        fs, fs_path = storage.filesystem(source)
+        with fs.open_input_file(fs_path) as f:
+            values = pq.ParquetFile(f).read_row_group(group, columns=[column]).column(0).to_pylist()
+    except (OSError, pa.ArrowException, storage.StorageError) as exc:
+        reason = f"row group {group} is not readable ({' '.join(str(exc).split())[:200]})"
+        return [Item(f"{source}#rowgroup{group}", error=reason)]
+    return _cells(source, values, first, invert)
+
+
+def _cells(source: str, values: list[Any], first: int, invert: str) -> list[Item]:
+    """Items of Parquet cells, named ``<file>#<row>`` with rows counted from ``first``."""
+    return [_item(f"{source}#{first + i}", lambda v=v: from_value(v), invert) for i, v in enumerate(values)]
 
 
 def _item(source: str, read: Callable[[], np.ndarray], invert: str) -> Item:
@@ -271,45 +275,106 @@ def _centre(digit: np.ndarray) -> np.ndarray:
 
 
 class ImagePredictor(evaluation.Predictor):
-    """The evaluation's Ray Data predictor without labels: predicted class, its probability and the top 3."""
+    """The evaluation's Ray Data predictor without labels: predicted class, its probability and the top 3.
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        probs = self.log_probs(batch["image"]).exp()
-        confidence, predicted = probs.max(1)  # as the evaluation picks, so both agree on every image
-        top_p, top_k = probs.topk(TOP, dim=1)
-        return {
-            "row": batch["row"],
-            "predicted": predicted.cpu().numpy(),
-            "confidence": confidence.cpu().numpy(),
-            "top3": top_k.cpu().numpy(),
-            "top3_confidence": top_p.cpu().numpy(),
-        }
+    Rows the reader could not use (``error`` set) pass through with null predictions, so the output keeps one row
+    per input image, in order, in :data:`SCHEMA`.
+    """
 
-
-def predict(items: list[Item], checkpoint: str, state: dict[str, Any], actors: int = 2, **kwargs: Any) -> pa.Table:
-    """Score the readable items on Ray Data (Ray must be initialised); a table in ``SCHEMA``, in input order."""
-    readable = [(row, item.image) for row, item in enumerate(items) if item.error is None]
-    images = pd.DataFrame({"row": [r for r, _ in readable], "image": [x for _, x in readable]})
-    actors = max(1, min(actors, len(images)))  # never more replicas than images
-    scored = evaluation.score(images, checkpoint, state, ImagePredictor, actors=actors, **kwargs)
-    by_row = {int(r.row): r for r in scored.itertuples(index=False)}
-    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
-    for row, item in enumerate(items):
-        hit = by_row.get(row)
-        columns["source"].append(item.source)
-        columns["predicted"].append(None if hit is None else int(hit.predicted))
-        columns["confidence"].append(None if hit is None else float(hit.confidence))
-        columns["top3"].append(None if hit is None else [int(k) for k in hit.top3])
-        columns["top3_confidence"].append(None if hit is None else [float(p) for p in hit.top3_confidence])
-        columns["error"].append(item.error)
-    return pa.table(columns, schema=SCHEMA)
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        errors = [e if isinstance(e, str) else None for e in batch["error"]]  # an all-null column arrives as NaN
+        bad = np.array([e is not None for e in errors], dtype=bool)
+        n = len(bad)
+        predicted, confidence = np.zeros(n, np.int64), np.zeros(n)
+        top_k, top_p = np.zeros((n, TOP), np.int64), np.zeros((n, TOP))
+        if not bad.all():
+            probs = self.log_probs(batch["image"][~bad]).exp()
+            conf, pred = probs.max(1)  # as the evaluation picks, so both agree on every image
+            p, k = probs.topk(TOP, dim=1)
+            predicted[~bad], confidence[~bad] = pred.cpu().numpy(), conf.cpu().numpy()
+            top_k[~bad], top_p[~bad] = k.cpu().numpy(), p.cpu().numpy()
+        offsets = pa.array(np.arange(0, TOP * n + 1, TOP, dtype=np.int32))
+        mask = pa.array(bad)
+        columns = [
+            pa.array(batch["source"].tolist(), pa.string()),
+            pa.array(predicted, mask=bad),
+            pa.array(confidence, mask=bad),
+            pa.ListArray.from_arrays(offsets, pa.array(top_k.ravel()), mask=mask),
+            pa.ListArray.from_arrays(offsets, pa.array(top_p.ravel()), mask=mask),
+            pa.array(errors, pa.string()),
+        ]
+        return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
-def write(table: pa.Table, output: str, overwrite: bool = False) -> str:
-    """Publish ``<output>/predictions.parquet`` complete or absent (``MANIFEST.json`` last); returns the file."""
+@dataclass(frozen=True)
+class Counts:
+    """What a prediction published: rows scored and rows unreadable (with the first reason)."""
+
+    scored: int
+    unreadable: int
+    first_error: str | None = None
+
+
+def predict(
+    files: list[str],
+    checkpoint: str,
+    state: dict[str, Any],
+    staging: str,
+    invert: str = "auto",
+    column: str = "image",
+    **score: Any,
+) -> Counts:
+    """Read, decode, frame and score ``files`` on Ray Data (Ray must be initialised) and write the predictions,
+    in input order, as ``<staging>/predictions.parquet/part-*.parquet``; ``score`` goes to
+    :func:`mnist_ray.evaluation.score` (use_gpu, actors, batch_size, progress)."""
+    units = pipeline.file_units(files, column, invert)
+    score["actors"] = min(score.get("actors", 2), len(units))  # never more replicas than units of work
+    local = not any(storage.is_uri(f) for f in files)
+    scored = evaluation.score(pipeline.dataset(units, local), checkpoint, state, ImagePredictor, **score)
+    with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
+        pipeline.write(scored, storage.join(staging, FILENAME))
+    return count(storage.join(staging, FILENAME))
+
+
+def count(folder: str) -> Counts:
+    """Rows and unreadable rows of the written part files, from their footers (no data read), and the first
+    unreadable row's reason (read only when every row is unreadable, to name it)."""
     import pyarrow.parquet as pq
 
-    with tempfile.TemporaryDirectory(prefix="mnist-ray-predict") as folder:
-        pq.write_table(table, Path(folder) / FILENAME)
-        storage.publish_dir(Path(folder), output, overwrite=overwrite)
-    return storage.join(storage.normalize(output), FILENAME)
+    fs, root = storage.filesystem(folder)
+    parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root)) if i.path.endswith(".parquet"))
+    rows = nulls = 0
+    for part in parts:
+        with fs.open_input_file(part) as f:
+            meta = pq.ParquetFile(f).metadata
+        rows += meta.num_rows
+        nulls += _nulls(fs, part, meta)
+    if rows and nulls == rows:
+        with fs.open_input_file(parts[0]) as f:
+            first = pq.ParquetFile(f).read_row_group(0, columns=["source", "error"]).slice(0, 1).to_pylist()[0]
+        return Counts(0, rows, f"{first['source']}: {first['error']}")
+    return Counts(rows - nulls, nulls)
+
+
+def _nulls(fs: pafs.FileSystem, part: str, meta: Any) -> int:
+    """Null predictions in one part file: from its footer's statistics, or its ``predicted`` column if it has none."""
+    import pyarrow.parquet as pq
+
+    where = meta.schema.names.index("predicted")
+    stats = [meta.row_group(g).column(where).statistics for g in range(meta.num_row_groups)]
+    if all(s is not None and s.has_null_count for s in stats):
+        return sum(s.null_count for s in stats)
+    with fs.open_input_file(part) as f:
+        return pq.ParquetFile(f).read(columns=["predicted"]).column(0).null_count
+
+
+def publish(staging: str, target: str, counts: Counts, input_path: str, overwrite: bool = False) -> str:
+    """Publish the staged predictions as ``target`` (``MANIFEST.json`` last); an input with no readable image at all
+    is bad input and publishes nothing. Returns the predictions' path."""
+    if counts.scored == 0:
+        raise DataError(
+            f"--input {storage.normalize(input_path)}: no readable image in {counts.unreadable} item(s) "
+            f"(first: {counts.first_error})"
+        )
+    storage.publish_staged(staging, target, overwrite)
+    return storage.join(storage.normalize(target), FILENAME)

@@ -116,7 +116,7 @@ def _figures(
     wrong = ev.predictions[~ev.predictions["correct"]].nlargest(GALLERY, "confidence")  # most confident first
     idx = wrong["index"].to_numpy()
     plots.plot_misclassified(
-        ev.images[idx],
+        ev.images_at(idx),
         wrong["label"].to_numpy(),
         wrong["predicted"].to_numpy(),
         wrong["confidence"].to_numpy(),
@@ -126,27 +126,16 @@ def _figures(
 
 
 def evaluate_to_report(
-    checkpoint: str, reports: str, run_id: str, overwrite: bool = False, arrays=None, **kwargs: Any
+    checkpoint: str, reports: str, run_id: str, overwrite: bool = False, data_dir: str | None = None, **kwargs: Any
 ) -> tuple[str, dict[str, Any]]:
     """Check the report folder, load the checkpoint, score it and write its report; Ray must be initialised.
 
-    For callers that have done neither check yet (train --evaluate, tests); the evaluation job does
-    them before Ray starts and calls :func:`run_evaluation`.
+    For callers that have done neither check before Ray (train --evaluate, tests); the evaluation job does them
+    before Ray starts and calls :func:`score_and_report`. ``kwargs`` go to :func:`mnist_ray.evaluation.predict`.
     """
     target = check_run_dir(reports, run_id, overwrite)
-    prep = evaluation.prepare(checkpoint, arrays=arrays)  # arrays: already parsed by the caller, not read again
-    return target, run_evaluation(prep, target, overwrite, **kwargs)
-
-
-def run_evaluation(
-    prep: evaluation.Prepared,
-    target: str,
-    overwrite: bool = False,
-    min_accuracy: float | None = None,
-    **predict_kwargs: Any,
-) -> dict[str, Any]:
-    """Score a prepared checkpoint with Ray Data and write its report to ``target``; returns its metrics."""
-    return score_and_report(prep, target, overwrite, min_accuracy, **predict_kwargs)[1]
+    prep = evaluation.prepare(checkpoint, data_dir=data_dir)
+    return target, score_and_report(prep, target, overwrite, **kwargs)[1]
 
 
 def score_and_report(
@@ -156,7 +145,8 @@ def score_and_report(
     min_accuracy: float | None = None,
     **predict_kwargs: Any,
 ) -> tuple[evaluation.Evaluation, dict[str, Any]]:
-    """:func:`run_evaluation`, also returning the predictions (a comparison of models reuses them)."""
+    """Score a prepared checkpoint with Ray Data and write its report to ``target``; returns the predictions (a
+    comparison of models reuses them) and the report's metrics."""
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     ev = evaluation.predict(prep, **predict_kwargs)

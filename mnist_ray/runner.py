@@ -240,15 +240,22 @@ def check_storage(opts: RunOptions) -> None:
         )
 
 
-def check_resume(cfg: TrainConfig, run_dir: str) -> None:
-    """Refuse to resume a run under a name that was trained with a different model, data or layout."""
+def previous_config(run_dir: str) -> TrainConfig | None:
+    """The config an existing run was started with (its config.json), or None for a new run."""
     file = storage.join(run_dir, "config.json")
     if not storage.is_file(file):
-        return
+        return None
     try:
-        previous = TrainConfig.from_dict(parse_json_object(storage.read_text(file), str(file)))
+        return TrainConfig.from_dict(parse_json_object(storage.read_text(file), str(file)))
     except (ConfigError, UnicodeDecodeError, TypeError) as exc:
         raise ConfigError(f"{file} is damaged ({exc}): pass a new --name or delete {run_dir}") from None
+
+
+def check_resume(cfg: TrainConfig, run_dir: str) -> None:
+    """Refuse to resume a run under a name that was trained with a different model, data or layout."""
+    previous = previous_config(run_dir)
+    if previous is None:
+        return
     for key in ("model", "dataset", "num_workers", "batch_size", "seed"):
         if getattr(previous, key) != getattr(cfg, key):
             raise ConfigError(

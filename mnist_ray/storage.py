@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow
 import pyarrow.fs as pafs
 
-from mnist_ray.atomic import atomic_dir, atomic_path
+from mnist_ray.atomic import atomic_dir, atomic_path, swap_in
 from mnist_ray.errors import MnistRayError
 
 logger = logging.getLogger(__name__)
@@ -347,6 +347,35 @@ def publish_dir(local_dir: Path, dest: str, overwrite: bool = False) -> str:
         for rel in files:
             upload_file(local_dir / rel, join(dest, rel))
         write_text(join(dest, MANIFEST), _manifest(files))
+    return dest
+
+
+def publish_staged(staging: str, dest: str, overwrite: bool = False) -> str:
+    """Publish the folder a Ray Data write filled at ``staging`` (beside ``dest``) as ``dest``, complete or absent.
+
+    Locally the staging folder gets its manifest and is renamed into place. On an object store its files are
+    copied in the store (no download) and the manifest is written last. The staging folder is gone afterwards.
+    """
+    dest = normalize(dest)
+    fs, root = filesystem(staging)
+    with _errors(staging):
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = {i.path[len(root) :].lstrip("/"): i.size for i in infos if i.type == pafs.FileType.File}
+    if not overwrite and (is_complete(dest) or (not is_uri(dest) and Path(dest).exists())):
+        raise StorageError(f"{dest} exists: pass --overwrite or another --output")
+    if not is_uri(dest):
+        with _errors(dest):
+            (Path(staging) / MANIFEST).write_text(_manifest(files))
+            os.chmod(staging, 0o755)
+            swap_in(Path(staging), Path(dest), overwrite)
+        return dest
+    remove_dir(dest)  # an overwritten or half-written folder: its manifest goes first
+    _, dest_root = filesystem(dest)
+    with _errors(dest, sum(files.values())):
+        for rel in files:
+            fs.copy_file(f"{root}/{rel}", f"{dest_root}/{rel}")
+        write_text(join(dest, MANIFEST), _manifest(files))
+    remove_dir(staging)
     return dest
 
 

@@ -32,11 +32,13 @@ def test_images() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_run, test_images) -> pd.DataFrame:
+def reference(tiny_run, test_images, tmp_path_factory) -> pd.DataFrame:
     """The evaluation path's predictions for the same images: what every copy must get back."""
-    empty = np.zeros((0, 28, 28), np.uint8)
-    arrays = data.Arrays(empty, np.zeros(0, np.int64), test_images, np.zeros(N, np.int64))
-    prep = evaluation.prepare(tiny_run[2].best_checkpoint, arrays=arrays)
+    folder = tmp_path_factory.mktemp("reference")
+    (folder / "images.gz").write_bytes(idx_bytes(test_images))
+    (folder / "labels.gz").write_bytes(gzip.compress((2049).to_bytes(4, "big") + N.to_bytes(4, "big") + bytes(N)))
+    test = data.TestFiles(str(folder / "images.gz"), str(folder / "labels.gz"), N)
+    prep = evaluation.prepare(tiny_run[2].best_checkpoint, test=test)
     return evaluation.predict(prep, actors=1).predictions
 
 
@@ -74,11 +76,15 @@ def test_pngs_get_the_evaluation_predictions_and_bad_files_are_listed(
 ):
     folder, out = tmp_path / "digits", tmp_path / "out"
     write_folder(folder, test_images)
-    args = ["--input", str(folder), "--checkpoint", tiny_run[2].best_checkpoint, "--actors", "1"]
+    args = ["--input", str(folder), "--checkpoint", tiny_run[2].best_checkpoint, "--batch-size", "16"]
     result = call(predict.main, capsys, *args, "--output", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"260 scored, 3 unreadable: {out / 'predictions.parquet'}" in result.stdout
+    assert "auto: 2 scoring replicas of 1 CPU" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.json", "predictions.parquet"]
+    parts = sorted(p.name for p in (out / "predictions.parquet").iterdir())
+    assert len(parts) > 1 and [p[:11] for p in parts] == [f"part-{i:06}" for i in range(len(parts))]  # in order
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
     table = pd.read_parquet(out / "predictions.parquet")
     table["kind"] = [Path(s).parent.name for s in table["source"]]
     table["index"] = [
@@ -128,7 +134,8 @@ def test_idx_and_parquet_inputs_with_the_output_on_s3(tiny_run, reference, test_
     result = call(predict.main, capsys, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "41 scored, 3 unreadable" in result.stdout and storage.is_complete(out)
-    table = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{out}/predictions.parquet"))).set_index("source")
+    fs, path = storage.filesystem(f"{out}/predictions.parquet")
+    table = pq.read_table(path, filesystem=fs).to_pandas().set_index("source")
     rows = [f"{folder}/a.parquet#{i}" for i in range(12)] + [f"{folder}/b.parquet#0", f"{folder}/c.parquet"]
     idx = [f"{folder}/few-idx3-ubyte.gz#{i}" for i in range(30)]
     assert table.index.tolist() == rows + idx

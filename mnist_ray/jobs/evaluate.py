@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from mnist_ray import cli, cluster, compare, evaluation, lease, reports, stop, storage, tracking
+from mnist_ray import cli, cluster, compare, evaluation, layout, lease, reports, stop, storage, tracking
 from mnist_ray.config import DEFAULT_REPORTS, RayOptions, Tracking, check_range, validate_fields
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, ConfigError
 
@@ -42,10 +42,11 @@ class EvalOptions:
     """Refuse a checkpoint trained on another dataset."""
     data_dir: str | None = None
     """Folder with the four IDX files (default: the dataset's own place)."""
-    use_gpu: bool = False
-    """One GPU per inference actor."""
-    actors: int = 2
-    """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu."""
+    use_gpu: bool | str = "auto"
+    """One GPU per inference actor; auto: when the cluster has a GPU."""
+    actors: int | str = "auto"
+    """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu;
+    auto: one per CPU, or one per GPU."""
     batch_size: int = 1000
     """Images per inference batch."""
 
@@ -57,7 +58,6 @@ class EvalOptions:
         validate_fields(self)
         if self.min_accuracy is not None:
             check_range("min_accuracy", self.min_accuracy, 0, 1, "[]", "--min-accuracy (a fraction, e.g. 0.99)")
-        check_range("actors", self.actors, 1, 1024, "[]", "--actors")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         stop.next_step(lambda: _stop_note(published, folders)),
     ):
         cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
+        use_gpu, actors, chosen = layout.inference(opts.use_gpu, opts.actors)
+        if chosen:
+            emit(chosen)
+        opts = replace(opts, use_gpu=use_gpu, actors=actors)
         results = []
         for prep, target in zip(prepared, targets, strict=True):
             results.append(_evaluate(prep, target, opts, ray_opts))

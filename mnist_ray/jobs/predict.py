@@ -10,11 +10,12 @@ no readable image at all is bad input (exit 2).
 from __future__ import annotations
 
 import functools
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_ray import checkpoints, cli, cluster, evaluation, lease, predict, reports, stop, storage
-from mnist_ray.config import RayOptions, check_range, validate_fields
+from mnist_ray import checkpoints, cli, cluster, evaluation, layout, lease, pipeline, predict, reports, stop, storage
+from mnist_ray.config import RayOptions, validate_fields
 from mnist_ray.errors import ConfigError
 
 emit = functools.partial(print, flush=True)
@@ -45,10 +46,11 @@ class PredictOptions:
     """Parquet input: the column holding the images (encoded bytes, {'bytes': ...} structs, or 28x28/784 pixels)."""
     dataset: str | None = None
     """Refuse a checkpoint trained on another dataset."""
-    use_gpu: bool = False
-    """One GPU per inference actor."""
-    actors: int = 2
-    """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu."""
+    use_gpu: bool | str = "auto"
+    """One GPU per inference actor; auto: when the cluster has a GPU."""
+    actors: int | str = "auto"
+    """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu;
+    auto: one per CPU, or one per GPU."""
     batch_size: int = 1000
     """Images per inference batch."""
 
@@ -57,7 +59,6 @@ class PredictOptions:
         if self.invert not in predict.INVERT:
             raise ConfigError(f"--invert must be one of {', '.join(predict.INVERT)}, got {self.invert!r}")
         validate_fields(self)
-        check_range("actors", self.actors, 1, 1024, "[]", "--actors")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,22 +76,41 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
     state = checkpoints.load(checkpoint, dataset=opts.dataset)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a Ray task
-    items = predict.load(opts.input, opts.invert, opts.column)  # nothing readable: bad input, before Ray
+    files = predict.discover(opts.input)  # names only: a missing or empty input is bad input, before Ray
     storage.check_writable(storage.parent(target), "--output")  # the first write, after every check that needs no Ray
     with lease.holding([target], [f"prediction output {target}"]), stop.next_step(_NOTHING_PUBLISHED):
-        return _predict(opts, ray_opts, target, checkpoint, state, items)
+        return _predict(opts, ray_opts, target, checkpoint, state, files)
 
 
 _NOTHING_PUBLISHED = "nothing was published (predictions.parquet is written whole or not at all); rerun the command"
 
 
-def _predict(opts: PredictOptions, ray_opts: RayOptions, target: str, checkpoint: str, state, items) -> int:
-    """Once the output's lease is held: Ray, scoring and the published table."""
+def _predict(opts: PredictOptions, ray_opts: RayOptions, target: str, checkpoint: str, state, files) -> int:
+    """Once the output's lease is held: Ray, then reading, scoring and writing on Ray Data, then publishing."""
     cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
-    emit(f"predicting {len(items)} image(s) from {storage.normalize(opts.input)} with {checkpoint}")
-    kwargs = {"use_gpu": opts.use_gpu, "batch_size": opts.batch_size, "progress": ray_opts.verbose}
-    table = predict.predict(items, checkpoint, state, actors=opts.actors, **kwargs)
-    written = predict.write(table, target, opts.overwrite)
-    scored = table.column("error").null_count
-    emit(f"{scored} scored, {table.num_rows - scored} unreadable: {written}")
+    if not storage.is_uri(target):
+        cluster.check_single_node("--output", target)
+    use_gpu, actors, chosen = layout.inference(opts.use_gpu, opts.actors)
+    if chosen:
+        emit(chosen)
+    emit(f"predicting {len(files)} file(s) from {storage.normalize(opts.input)} with {checkpoint}")
+    staging = pipeline.staging_for(target)
+    try:
+        counts = predict.predict(
+            files,
+            checkpoint,
+            state,
+            staging,
+            opts.invert,
+            opts.column,
+            use_gpu=use_gpu,
+            actors=actors,
+            batch_size=opts.batch_size,
+            progress=ray_opts.verbose,
+        )
+        written = predict.publish(staging, target, counts, opts.input, opts.overwrite)
+    finally:
+        storage.remove_dir(staging)  # published (renamed or copied) or abandoned: nothing stays behind
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    emit(f"{counts.scored} scored, {counts.unreadable} unreadable: {written} (driver peak RSS {peak:.0f} MB)")
     return 0

@@ -12,7 +12,7 @@ import functools
 import resource
 from dataclasses import dataclass, replace
 
-from mnist_ray import checkpoints, cli, cluster, data, lease, reports, runner, stop, storage, tracking
+from mnist_ray import checkpoints, cli, cluster, data, layout, lease, reports, runner, stop, storage, tracking
 from mnist_ray.config import DEFAULT_REPORTS, RayOptions, RunOptions, TrainConfig, check_name
 
 emit = functools.partial(print, flush=True)
@@ -28,33 +28,45 @@ class AfterTraining:
     """Reports folder or URI for --evaluate: <reports>/<name>-<UTC time>/."""
 
 
-def parse(argv: list[str] | None = None) -> tuple[TrainConfig, RunOptions, AfterTraining, RayOptions]:
+@dataclass(frozen=True)
+class Settings:
+    """The train job's typed settings, and the layout fields it leaves to the cluster."""
+
+    cfg: TrainConfig
+    layout: layout.Request
+    opts: RunOptions
+    after: AfterTraining
+    ray: RayOptions
+
+
+def parse(argv: list[str] | None = None) -> Settings:
     """The job's typed settings from its command line (validated; nothing is read or written)."""
     p = cli.parser(__doc__)
     cli.add_config_flags(p)
     cli.add_run_flags(p, RunOptions())
     cli.add_fields(p.add_argument_group("after training"), AfterTraining, AfterTraining())
     args = p.parse_args(argv)
-    return (
-        cli.config_from_args(args),
-        cli.build(RunOptions, args),
-        cli.build(AfterTraining, args),
-        cli.build(RayOptions, args),
-    )
+    cfg, request = cli.config_from_args(args)
+    opts = cli.build(RunOptions, args)
+    request = layout.for_autoscaling(request, opts.wait_for_resources)
+    return Settings(cfg, request, opts, cli.build(AfterTraining, args), cli.build(RayOptions, args))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, check everything that needs no Ray, connect, train, print where the outputs are."""
-    cfg, opts, after, ray_opts = parse(argv)
+    settings = parse(argv)
+    opts, after = settings.opts, settings.after
     cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     opts = replace(opts, mlflow_uri=tracking.check(opts.mlflow_uri) or None)  # MLflow installed, store usable
     report_id = f"{opts.name}-{reports.new_run_id()}"
+    # A resumed run keeps the layout it started with; a new one decides its auto fields once Ray is up.
+    cfg, request = layout.adopt(settings.cfg, settings.layout, runner.previous_config(opts.run_dir))
     arrays = runner.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
     if after.evaluate:
         check_name("report id", report_id)
         storage.check_writable(after.reports, "--reports")
     with lease.holding([opts.run_dir], [f"run {opts.name}"]), stop.next_step(lambda: resume_note(opts)):
-        return _train(cfg, opts, after, ray_opts, arrays, report_id)
+        return _train(replace(settings, cfg=cfg, layout=request, opts=opts), arrays, report_id)
 
 
 def resume_note(opts: RunOptions) -> str:
@@ -63,19 +75,28 @@ def resume_note(opts: RunOptions) -> str:
     return f"the same command resumes from epoch {done + 1}" + (f" (checkpoint of epoch {done} kept)" if done else "")
 
 
-def _train(
-    cfg: TrainConfig, opts: RunOptions, after: AfterTraining, ray_opts: RayOptions, arrays: data.Arrays, report_id: str
-) -> int:
-    """Once the run's lease is held: connect, train, write the outputs, optionally evaluate."""
+def _train(settings: Settings, arrays: data.Arrays, report_id: str) -> int:
+    """Once the run's lease is held: connect, decide the auto layout, train, write the outputs, optionally evaluate."""
+    opts, after, ray_opts = settings.opts, settings.after, settings.ray
     cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
+    cfg, chosen = layout.resolve(settings.cfg, settings.layout)
+    if chosen:
+        emit(chosen)
     emit(headline(cfg, opts))
     out = runner.train(cfg, opts, runner.progress_printer(cfg, emit), arrays)
     print_outputs(out)
     if out.mlflow_run_id:
         emit(f"{'mlflow run':>16}: {out.mlflow_run_id} in {opts.mlflow_uri}")
     if after.evaluate:
+        use_gpu, actors, _ = layout.inference(layout.AUTO, layout.AUTO)
         folder, m = reports.evaluate_to_report(
-            out.best_checkpoint, after.reports, report_id, arrays=arrays, progress=ray_opts.verbose
+            out.best_checkpoint,
+            after.reports,
+            report_id,
+            data_dir=opts.data_dir,
+            use_gpu=use_gpu,
+            actors=actors,
+            progress=ray_opts.verbose,
         )
         emit(f"test accuracy {m['accuracy']:.2%}, test loss {m['loss']:.4f} ({m['n']} images)")
         emit(f"{'test report':>16}: {storage.join(folder, 'summary.md')}")

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import replace
 
-from mnist_ray import cli, cluster, lease, stop, storage, tracking, tuning
+from mnist_ray import cli, cluster, layout, lease, stop, storage, tracking, tuning
 from mnist_ray.config import RayOptions, RunOptions
 
 emit = functools.partial(print, flush=True)
@@ -35,14 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     run, ray_opts = cli.build(RunOptions, args), cli.build(RayOptions, args)
     space, options = cli.build(tuning.SearchSpace, args), cli.build(tuning.SweepOptions, args)
-    base = cli.config_from_args(args, JOB_DEFAULTS)
+    base, request = cli.config_from_args(args, JOB_DEFAULTS)
+    request = layout.for_autoscaling(request, run.wait_for_resources)
+    workers = args.num_workers if isinstance(args.num_workers, int) else None  # None: the sweep's per-trial rule
     cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     run = replace(run, mlflow_uri=tracking.check(run.mlflow_uri) or None)  # MLflow installed, store usable
-    plan = tuning.preflight(base, space, options, run, workers=args.num_workers)  # None: derived from the cluster
+    plan = tuning.preflight(base, space, options, run, workers=workers)
     with lease.holding([run.run_dir], [f"sweep {run.name}"]), stop.next_step(lambda: _resume_note(run)):
         if stop.installed():  # Tune's own SIGINT handler would replace the job's; the job asks Tune to stop
             os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=True)
+        if "use_gpu" in request.auto and not options.resume:  # a resumed sweep keeps its saved base
+            plan = replace(plan, base=layout.gpu_if_any(plan.base))
         out = tuning.sweep(plan, run, emit=emit)
     emit(
         f"{out.trials_run} trials in {out.wall_s:.0f}s, {out.stopped_early} stopped early by ASHA; "
