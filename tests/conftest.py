@@ -68,7 +68,8 @@ def ray_session(s3_server):
 
 @pytest.fixture(scope="session")
 def tiny_run(ray_session, tmp_path_factory):
-    """A real 2-worker CNN run on an MNIST subset; returns (config, options, outputs, epochs).
+    """A real CNN run on an MNIST subset in the train job's auto layout on the suite's 2-CPU Ray (1 worker x 2 CPUs),
+    so a job run with the same flags repeats it exactly; returns (config, options, outputs, epochs).
 
     Shared by many tests, so no test may change it: a test that resumes or overwrites a run trains
     or copies its own.
@@ -76,7 +77,7 @@ def tiny_run(ray_session, tmp_path_factory):
     from mnist_ray import runner
     from mnist_ray.config import RunOptions, TrainConfig
 
-    cfg = TrainConfig(**TINY)
+    cfg = TrainConfig(**TINY, cpus_per_worker=2)
     opts = RunOptions(name="tiny", output=str(tmp_path_factory.mktemp("runs")))
     epochs: list[dict] = []
     outputs = runner.train(cfg, opts, on_epoch=epochs.append)

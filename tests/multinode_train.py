@@ -15,7 +15,7 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
-from mnist_ray import runner  # noqa: E402
+from mnist_ray import layout, runner  # noqa: E402
 from mnist_ray.config import RunOptions, TrainConfig  # noqa: E402
 from mnist_ray.errors import ConfigError  # noqa: E402
 from tests.ray_head import free_ports  # noqa: E402
@@ -28,7 +28,9 @@ def main(output: str, bucket: str) -> None:
     try:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="WARNING")
-        cfg = TrainConfig(epochs=2, train_limit=1024, val_size=256, batch_size=64, augment=False, num_workers=2)
+        auto = layout.Request(frozenset(layout.FIELDS))  # the train job's defaults: the layout left to the cluster
+        tiny = TrainConfig(epochs=2, train_limit=1024, val_size=256, batch_size=64, augment=False)
+        cfg, chosen = layout.resolve(tiny, auto)
         try:  # the default storage (the driver's local disk) is refused on a multi-node cluster
             runner.train(cfg, RunOptions(name="nostorage", output=output))
             refused = ""
@@ -39,6 +41,9 @@ def main(output: str, bucket: str) -> None:
         workers = list_actors(
             address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100
         )
+        cluster.add_node(num_cpus=1, num_gpus=1)  # a node that declares a GPU: auto's choice (nothing trains on it)
+        cluster.wait_for_nodes()
+        with_gpu = layout.resolve(tiny, layout.Request(frozenset(layout.FIELDS), frozenset(layout.GPU_RECIPE)))[1]
         print(
             json.dumps(
                 {
@@ -47,6 +52,8 @@ def main(output: str, bucket: str) -> None:
                     "best": str(out.best_checkpoint),
                     "worker_nodes": sorted({w.node_id for w in workers}),
                     "refused_without_storage": refused,
+                    "auto": chosen,
+                    "auto_with_gpu": with_gpu,
                     "cluster_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
                     "addresses": sorted({n["NodeManagerAddress"] for n in ray.nodes()}),
                 }

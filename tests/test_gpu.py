@@ -260,10 +260,11 @@ def test_gpu_preset_is_one_gpu_worker_and_validates():
 
     cfg = load_config("gpu")
     assert cfg.use_gpu and cfg.num_workers == 1 and cfg.gpus_per_worker == 1 and cfg.batch_size >= 256
-    parsed, opts, _, _ = train.parse(["--preset", "gpu"])
-    assert parsed == cfg and "1 workers x 1 CPU + 1 GPU" in train.headline(parsed, opts)
+    settings = train.parse(["--preset", "gpu"])
+    assert settings.cfg == cfg and "1 workers x 1 CPU + 1 GPU" in train.headline(cfg, settings.opts)
+    assert settings.layout.auto == {"cpus_per_worker"}  # the preset sets the GPU and the worker count
     shared = ["--preset", "gpu", "--num-workers", "2", "--gpus-per-worker", "0.5"]
-    assert train.parse([*shared, "--ddp-backend", "gloo"])[0].ddp_backend == "gloo"
+    assert train.parse([*shared, "--ddp-backend", "gloo"]).cfg.ddp_backend == "gloo"
     with pytest.raises(ConfigError, match="nccl needs one GPU per worker"):
         train.parse([*shared, "--ddp-backend", "nccl"])
 

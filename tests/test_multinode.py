@@ -1,4 +1,5 @@
-"""Two Ray nodes on one machine (ray.cluster_utils.Cluster): 2 workers land on different nodes, same outputs."""
+"""Two Ray nodes on one machine (ray.cluster_utils.Cluster): the auto layout puts a worker on each, same outputs;
+a third node that declares a GPU turns auto to the GPU."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def test_two_workers_on_two_nodes_with_checkpoints_on_s3(tmp_path, s3_server):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(info["cluster_nodes"]) == 2 and len(info["worker_nodes"]) == 2  # one worker per node
-    assert set(info["worker_nodes"]) == set(info["cluster_nodes"])
+    assert info["auto"] == "auto: 2 workers x 1 CPU (2 nodes, no GPU)"  # the default layout: one worker per node
+    assert len(info["cluster_nodes"]) == 3 and len(info["worker_nodes"]) == 2
+    assert set(info["worker_nodes"]) < set(info["cluster_nodes"])  # the GPU node joined after the run
+    assert info["auto_with_gpu"] == "auto: 1 worker x 1 CPU + 1 GPU (3 nodes, 1 GPU; gpu preset's batch, lr and epochs)"
     assert info["addresses"] == ["127.0.0.1"]  # every node on loopback
     assert "this Ray cluster has 2 nodes: put the run on storage every node reaches" in info["refused_without_storage"]
     history = pd.read_parquet(info["history"])

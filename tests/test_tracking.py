@@ -133,6 +133,7 @@ def test_a_tracked_run_repeats_the_tiny_run_resumes_by_name_and_logs_its_evaluat
     base = [*TINY_FLAGS, "--name", "tracked", "--output", str(runs), "--mlflow-uri", uri]
     first = call(train.main, capsys, *base, "--evaluate", "--reports", str(reps))
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "auto: 1 worker x 2 CPUs (1 node, no GPU)" in first.stdout  # the 2-CPU suite Ray: one process
     cols = ["train_loss", "train_acc", "val_loss", "val_acc", "lr"]
     before = pd.read_parquet(runs / "tracked" / "history.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tiny_run[2].history)[cols], before[cols])  # the same seed
@@ -142,7 +143,7 @@ def test_a_tracked_run_repeats_the_tiny_run_resumes_by_name_and_logs_its_evaluat
     assert f"mlflow run: {record['run_id']} in {uri}" in " ".join(first.stdout.split())
     assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == tracking.EXPERIMENT
-    assert run.data.params == {k: str(v) for k, v in TrainConfig(**TINY).to_dict().items()}
+    assert run.data.params == {k: str(v) for k, v in TrainConfig(**TINY, cpus_per_worker=2).to_dict().items()}
     assert set(run.data.metrics) >= EPOCH_METRICS | {"best_val_acc", "best_epoch", "test_accuracy", "test_macro_f1"}
     assert [step for step, _ in mlflow_history(client, run.info.run_id, "val_acc")] == [1, 2]
     (report,) = [p.name for p in reps.iterdir() if p.is_dir()]
