@@ -126,9 +126,8 @@ def _add_auto(group: argparse._ActionsContainer, flag: str, kind: type, kwargs: 
     bare form means yes, and ``--no-use-gpu``."""
     if kind is bool:
         group.add_argument(flag, nargs="?", const=True, type=_auto_or_bool, metavar="auto|yes|no", **kwargs)
-        group.add_argument(
-            "--no-" + flag[2:], dest=flag[2:].replace("-", "_"), action="store_const", const=False, help=f"same as {flag} no"
-        )
+        dest, no = flag[2:].replace("-", "_"), "--no-" + flag[2:]
+        group.add_argument(no, dest=dest, action="store_const", const=False, help=f"same as {flag} no")
     else:
         group.add_argument(flag, type=_auto_or(kind), metavar="auto|N", **kwargs)
 
