@@ -239,6 +239,19 @@ def read_test(files: TestFiles, rows: slice | np.ndarray) -> tuple[np.ndarray, n
     return images, read_idx(Path(files.labels), *SPLITS["test_labels"][1:])[0][rows].astype(np.int64)
 
 
+def write_test(folder: str | Path, images: np.ndarray, labels: np.ndarray) -> TestFiles:
+    """Write ``images`` (uint8 N x 28 x 28) and ``labels`` as a gzipped IDX test set in ``folder`` (for benches and
+    tests that score other or larger test sets than a dataset's own)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, array in (("test_images", np.asarray(images, np.uint8)), ("test_labels", np.asarray(labels, np.uint8))):
+        stem, magic, _ = SPLITS[key]
+        header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(header + array.tobytes(), compresslevel=1))
+    names = {key: str(folder / f"{SPLITS[key][0]}.gz") for key in ("test_images", "test_labels")}
+    return TestFiles(names["test_images"], names["test_labels"], len(labels))
+
+
 def split_train_val(n: int, val_size: int, seed: int, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded disjoint (train, val) index arrays over ``n`` training images.
 

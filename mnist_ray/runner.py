@@ -63,7 +63,8 @@ def check_fits(cfg: TrainConfig, trials: int = 1) -> None:
     need_gpu = cfg.num_workers * cfg.gpus_per_worker * trials
     if cfg.use_gpu and need_gpu > total.get("GPU", 0):
         raise ResourceError(
-            f"--use-gpu needs {need_gpu:g} GPUs ({cfg.gpus_per_worker:g} per worker) but the cluster has "
+            f"--use-gpu needs {need_gpu:g} GPU{'' if need_gpu == 1 else 's'} ({cfg.gpus_per_worker:g} per worker) "
+            "but the cluster has "
             f"{total.get('GPU', 0):g}: lower --num-workers or --gpus-per-worker, or drop --use-gpu"
         )
 

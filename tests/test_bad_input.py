@@ -120,7 +120,10 @@ def test_existing_report_id_is_refused_before_work(tmp_path, good_checkpoint, ca
 def test_more_workers_than_the_cluster_fails_fast(tmp_path, capsys):
     result = call(train.main, capsys, "--num-workers", "8", "--batch-size", "64", "--output", str(tmp_path))
     assert_one_line_error(result, "need 8 CPUs but the cluster has 2")
-    assert_one_line_error(call(train.main, capsys, "--use-gpu", "--output", str(tmp_path)), "--use-gpu needs 2 GPUs")
+    no_gpu = call(train.main, capsys, "--use-gpu", "--output", str(tmp_path))  # auto: one worker per GPU, and none
+    assert_one_line_error(no_gpu, "--use-gpu needs 1 GPU (1 per worker) but the cluster has 0")
+    two = call(train.main, capsys, "--use-gpu", "--num-workers", "2", "--output", str(tmp_path))
+    assert_one_line_error(two, "--use-gpu needs 2 GPUs")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ tiny ANN and compares it with the suite's tiny CNN through the evaluation job, a
 
 from __future__ import annotations
 
-import gzip
 import tempfile
 from pathlib import Path
 
@@ -39,18 +38,9 @@ def _result(run_id: str, dataset: str, labels: list[int], predicted: list[int], 
     preds["loss"] = np.where(preds["label"] == preds["predicted"], 0.1, 2.0)
     preds["correct"] = preds["label"] == preds["predicted"]
     images = np.random.default_rng(0).integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
-    ev = evaluation.Evaluation(preds, f"/runs/{run_id}/best_checkpoint/model.pt", model, dataset, _idx(images, labels))
+    test = data.write_test(tempfile.mkdtemp(prefix="mnist-ray-compare-"), images, np.array(labels))
+    ev = evaluation.Evaluation(preds, f"/runs/{run_id}/best_checkpoint/model.pt", model, dataset, test)
     return ev, {"run_id": run_id, "model": model, "dataset": dataset, **evaluation.summary_metrics(preds)}
-
-
-def _idx(images: np.ndarray, labels: list[int]) -> data.TestFiles:
-    """``images`` and ``labels`` as the two gzipped IDX files of a test set, in a fresh temporary folder."""
-    folder = Path(tempfile.mkdtemp(prefix="mnist-ray-compare-"))
-    n = len(labels)
-    header = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in images.shape)
-    (folder / "images.gz").write_bytes(gzip.compress(header + images.tobytes()))
-    (folder / "labels.gz").write_bytes(gzip.compress((2049).to_bytes(4, "big") + n.to_bytes(4, "big") + bytes(labels)))
-    return data.TestFiles(str(folder / "images.gz"), str(folder / "labels.gz"), n)
 
 
 def test_a_fashion_mnist_report_names_its_classes(tmp_path):

@@ -34,10 +34,7 @@ def test_images() -> np.ndarray:
 @pytest.fixture(scope="module")
 def reference(tiny_run, test_images, tmp_path_factory) -> pd.DataFrame:
     """The evaluation path's predictions for the same images: what every copy must get back."""
-    folder = tmp_path_factory.mktemp("reference")
-    (folder / "images.gz").write_bytes(idx_bytes(test_images))
-    (folder / "labels.gz").write_bytes(gzip.compress((2049).to_bytes(4, "big") + N.to_bytes(4, "big") + bytes(N)))
-    test = data.TestFiles(str(folder / "images.gz"), str(folder / "labels.gz"), N)
+    test = data.write_test(tmp_path_factory.mktemp("reference"), test_images, np.zeros(N, np.int64))
     prep = evaluation.prepare(tiny_run[2].best_checkpoint, test=test)
     return evaluation.predict(prep, actors=1).predictions
 

@@ -66,41 +66,44 @@ def main() -> None:
     use_gpu = torch.cuda.is_available() and not args.dry_run
     ckpt = find_checkpoint()
     prep = evaluation.prepare(str(ckpt))
-    if args.dry_run:
-        a = prep.arrays
-        prep = evaluation.Prepared(
-            prep.checkpoint, prep.state, data.Arrays(a.train_x, a.train_y, a.test_x[:1000], a.test_y[:1000])
-        )
+    test = data.load()
+    x, y = (test.test_x[:1000], test.test_y[:1000]) if args.dry_run else (test.test_x, test.test_y)
+
+    def tiled(times: int) -> tuple[evaluation.Prepared, np.ndarray]:
+        """The test set ``times`` over, as IDX files the pipeline reads, and as the plain loop's array."""
+        images = np.tile(x, (times, 1, 1))
+        files = data.write_test(common.WORK / f"test_x{times}", images, np.tile(y, times))
+        return evaluation.Prepared(prep.checkpoint, prep.state, files), images
+
+    base, images = tiled(1)
     cluster.connect(num_cpus=4 if use_gpu else 2)
-    first_s, accuracy = timed_predict(prep, use_gpu, args.batch_size)
+    first_s, accuracy = timed_predict(base, use_gpu, args.batch_size)
     result = {
         "checkpoint": str(ckpt),
         "use_gpu": use_gpu,
         "batch_size": args.batch_size,
         "first_pass_s": round(first_s, 2),
     }
-    n = len(prep.arrays.test_y)
-    seconds, _ = timed_predict(prep, use_gpu, args.batch_size)
+    n = len(images)
+    seconds, _ = timed_predict(base, use_gpu, args.batch_size)
     result.update(test_accuracy_bf16=accuracy, n=n, ray_data_images_per_s=round(n / seconds))
-    result["plain_images_per_s"] = round(plain(prep.state, prep.arrays.test_x, args.batch_size, use_gpu))
-    a = prep.arrays
-    big = data.Arrays(a.train_x, a.train_y, np.tile(a.test_x, (10, 1, 1)), np.tile(a.test_y, 10))
-    seconds, _ = timed_predict(evaluation.Prepared(prep.checkpoint, prep.state, big), use_gpu, args.batch_size)
-    result.update(n_big=len(big.test_y), ray_data_images_per_s_big=round(len(big.test_y) / seconds))
-    result["plain_images_per_s_big"] = round(plain(prep.state, big.test_x, args.batch_size, use_gpu))
+    result["plain_images_per_s"] = round(plain(prep.state, images, args.batch_size, use_gpu))
+    big, big_images = tiled(10)
+    seconds, _ = timed_predict(big, use_gpu, args.batch_size)
+    result.update(n_big=len(big_images), ray_data_images_per_s_big=round(len(big_images) / seconds))
+    result["plain_images_per_s_big"] = round(plain(prep.state, big_images, args.batch_size, use_gpu))
     result["ratio_big"] = round(result["ray_data_images_per_s_big"] / result["plain_images_per_s_big"], 3)
     common.save("gpu_inference", "ray_data", result)  # kept if the huge pass below runs out of time
     # Each pass pays a fresh actor's start (seconds on a GPU machine), so the pipeline's own rate is the slope
     # between two sizes: (extra images) / (extra seconds) between the 100k pass and a pass HUGE times longer.
-    times = 2 if args.dry_run else HUGE
-    huge = data.Arrays(a.train_x, a.train_y, np.tile(big.test_x, (times, 1, 1)), np.tile(big.test_y, times))
-    huge_s, _ = timed_predict(evaluation.Prepared(prep.checkpoint, prep.state, huge), use_gpu, args.batch_size)
-    extra = len(huge.test_y) - len(big.test_y)
+    huge, huge_images = tiled(10 * (2 if args.dry_run else HUGE))
+    huge_s, _ = timed_predict(huge, use_gpu, args.batch_size)
+    extra = len(huge_images) - len(big_images)
     result.update(
-        n_huge=len(huge.test_y),
+        n_huge=len(huge_images),
         ray_data_huge_s=round(huge_s, 2),
         ray_data_marginal_images_per_s=round(extra / max(huge_s - seconds, 1e-9)),
-        plain_images_per_s_huge=round(plain(prep.state, huge.test_x, args.batch_size, use_gpu)),
+        plain_images_per_s_huge=round(plain(prep.state, huge_images, args.batch_size, use_gpu)),
     )
     result["ratio_marginal"] = round(result["ray_data_marginal_images_per_s"] / result["plain_images_per_s_huge"], 3)
     if use_gpu:
