@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib import image
 
-from mnist_ray import evaluation, reports
+from mnist_ray import data, evaluation, reports
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, CheckpointError, MnistRayError
 from mnist_ray.jobs import evaluate
 from tests.conftest import REPORT_FILES
@@ -64,6 +64,20 @@ def test_the_actor_pool_of_gpu_evaluations_scores_as_the_cpu_tasks_do(tiny_run, 
     by_tasks = pd.read_parquet(folder / "predictions.parquet")
     by_actors = evaluation.predict(evaluation.prepare(tiny_run[2].best_checkpoint), pool="actors").predictions
     pd.testing.assert_frame_equal(by_actors[by_tasks.columns], by_tasks, check_dtype=False)
+
+
+def test_the_pipeline_scores_the_test_files_as_the_model_does_in_this_process(tiny_run, report):
+    """Ray Data tasks read the test set from its IDX files in slices; the predictions are those of the same model
+    run here over the arrays parsed here: the same labels and order, confidences and mean loss within 1e-6."""
+    _, folder, metrics = report
+    preds = pd.read_parquet(folder / "predictions.parquet")
+    arrays = data.load()
+    here = evaluation.Predictor({"path": tiny_run[2].best_checkpoint}, threads=2)(
+        {"row": np.arange(10000), "label": arrays.test_y, "image": arrays.test_x}
+    )
+    assert (preds["label"].to_numpy() == arrays.test_y).all() and (preds["predicted"] == here["predicted"]).all()
+    np.testing.assert_allclose(preds["confidence"], here["confidence"], rtol=0, atol=1e-6)
+    assert metrics["loss"] == pytest.approx(float(here["loss"].mean()), abs=1e-6)
 
 
 def test_history_is_rebuilt_from_complete_reports(tiny_run, tmp_path):

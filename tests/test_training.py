@@ -53,9 +53,9 @@ def test_layout_larger_than_cluster_fails_fast():
     with pytest.raises(ResourceError, match="need 8 CPUs but the cluster has 2: use --num-workers 2"):
         runner.check_fits(TrainConfig(num_workers=8, batch_size=64))
     with pytest.raises(ResourceError, match="--use-gpu needs 2 GPUs"):
-        runner.check_fits(TrainConfig(use_gpu=True))
-    with pytest.raises(ResourceError, match="--use-gpu needs 1 GPUs \\(0.5 per worker\\)"):
-        runner.check_fits(TrainConfig(use_gpu=True, gpus_per_worker=0.5, ddp_backend="gloo"))
+        runner.check_fits(TrainConfig(use_gpu=True, num_workers=2))
+    with pytest.raises(ResourceError, match="--use-gpu needs 1 GPU \\(0.5 per worker\\)"):
+        runner.check_fits(TrainConfig(use_gpu=True, num_workers=2, gpus_per_worker=0.5, ddp_backend="gloo"))
 
 
 def test_onecycle_schedule_warms_up_then_decays():
