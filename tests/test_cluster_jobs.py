@@ -55,13 +55,14 @@ def test_train_then_evaluate_through_the_job_server(head, trained, tmp_path):
     run, logs = trained
     assert "epoch   2/2" in logs and "best checkpoint:" in logs
     assert f"ray: joined the cluster at {head.gcs} (RAY_ADDRESS, set by ray job submit)" in logs
+    assert re.search(r"^auto: 1 worker x \d+ CPUs? \(1 node, no GPU\)$", logs, flags=re.M)  # the head's own CPUs
     assert len(pd.read_parquet(run / "history.parquet")) == 2 and (run / "curves.png").is_file()
     assert json.loads((run / "config.json").read_text())["train_limit"] == 1024
     args = ["--run", str(run), "--reports", str(tmp_path / "reports"), "--run-id", "nightly", "--actors", "1"]
     status, logs = submit(head, "jobs/evaluate.py", *args)
     assert status == "SUCCEEDED", logs[-3000:]
     # The default output is the job's own lines only: no core_worker.cc line, no Ray Data or token warnings.
-    ours = ("ray: joined", "evaluating ", "test accuracy ", "report: ", "summary: ")
+    ours = ("ray: joined", "auto: 1 scoring replica of 1 CPU", "evaluating ", "test accuracy ", "report: ", "summary: ")
     driver = logs.split("Running entrypoint for job", 1)[1].splitlines()[1:]  # after the job server's own lines
     assert driver and all(line.startswith(ours) for line in driver if line.strip()), logs[-3000:]
     metrics = pd.read_parquet(tmp_path / "reports" / "nightly" / "metrics.parquet")
