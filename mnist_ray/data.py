@@ -1,7 +1,8 @@
-"""MNIST-format datasets: locate, verify and parse the four IDX files on the driver.
+"""MNIST-format datasets: locate, verify and parse the four IDX files.
 
-Workers never touch files: the driver parses once, puts the uint8 arrays in Ray's object
-store, and each worker slices its own shard (see :mod:`mnist_ray.training`).
+Training workers never touch files: the driver parses once, puts the uint8 arrays in Ray's object
+store, and each worker slices its own shard (see :mod:`mnist_ray.training`). Evaluation verifies the test
+files on the driver and lets Ray Data tasks read them (:mod:`mnist_ray.pipeline`).
 """
 
 from __future__ import annotations
@@ -192,23 +193,28 @@ def read_idx(path: Path, magic: int, shape: list[int]) -> tuple[np.ndarray, str]
 
 def load(dataset: str = "mnist", data_dir: str | Path | None = None) -> Arrays:
     """Load and verify the four files of ``dataset`` (from ``data_dir`` or the default place)."""
-    files = find_files(dataset, data_dir)
-    parsed = {key: read_idx(files[key], magic, shape) for key, (_, magic, shape) in SPLITS.items()}
-    for split in ("train", "test"):
-        n_img, n_lab = len(parsed[f"{split}_images"][0]), len(parsed[f"{split}_labels"][0])
-        if n_img != n_lab:
-            raise DataError(f"{split}: {n_img} images but {n_lab} labels; the files are from different sets")
-    for key, (stem, _, _) in SPLITS.items():
-        expected = DATASET_INFO[dataset].sha256.get(stem)
-        if expected and parsed[key][1] != expected:
-            raise DataError(f"{files[key]}: SHA-256 mismatch (corrupted, or not {dataset}); replace the file")
-    parsed = {key: array for key, (array, _) in parsed.items()}
+    parsed = _verified(dataset, find_files(dataset, data_dir), ("train", "test"))
     return Arrays(
         parsed["train_images"],
         parsed["train_labels"].astype(np.int64),
         parsed["test_images"],
         parsed["test_labels"].astype(np.int64),
     )
+
+
+def _verified(dataset: str, files: dict[str, Path], splits: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The images and labels of ``splits``, parsed and checked: as many labels as images, SHA-256 as published."""
+    keys = [f"{split}_{kind}" for split in splits for kind in ("images", "labels")]
+    parsed = {key: read_idx(files[key], *SPLITS[key][1:]) for key in keys}
+    for split in splits:
+        n_img, n_lab = len(parsed[f"{split}_images"][0]), len(parsed[f"{split}_labels"][0])
+        if n_img != n_lab:
+            raise DataError(f"{split}: {n_img} images but {n_lab} labels; the files are from different sets")
+    for key in keys:
+        expected = DATASET_INFO[dataset].sha256.get(SPLITS[key][0])
+        if expected and parsed[key][1] != expected:
+            raise DataError(f"{files[key]}: SHA-256 mismatch (corrupted, or not {dataset}); replace the file")
+    return {key: array for key, (array, _) in parsed.items()}
 
 
 @dataclass(frozen=True)
@@ -223,14 +229,8 @@ class TestFiles:
 def test_files(dataset: str = "mnist", data_dir: str | Path | None = None) -> TestFiles:
     """Locate and verify ``dataset``'s test files (checksums, sizes) for Ray Data tasks to read them."""
     files = find_files(dataset, data_dir)
-    parsed = {key: read_idx(files[key], *SPLITS[key][1:]) for key in ("test_images", "test_labels")}
-    if len(parsed["test_images"][0]) != len(parsed["test_labels"][0]):
-        raise DataError(f"test: {len(parsed['test_images'][0])} images but {len(parsed['test_labels'][0])} labels")
-    for key in parsed:
-        expected = DATASET_INFO[dataset].sha256.get(SPLITS[key][0])
-        if expected and parsed[key][1] != expected:
-            raise DataError(f"{files[key]}: SHA-256 mismatch (corrupted, or not {dataset}); replace the file")
-    return TestFiles(str(files["test_images"]), str(files["test_labels"]), len(parsed["test_labels"][0]))
+    n = len(_verified(dataset, files, ("test",))["test_labels"])
+    return TestFiles(str(files["test_images"]), str(files["test_labels"]), n)
 
 
 def read_test(files: TestFiles, rows: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from ray.data.datasource import FilenameProvider
 
-from mnist_ray import storage
+from mnist_ray import cluster, storage
 
 FILES_PER_UNIT = 64
 """Image files one read task decodes: enough to amortise a task's start, few enough to spread 10k files."""
@@ -94,7 +94,7 @@ def dataset(units: list[dict[str, Any]], local: bool) -> Any:
     ctx.execution_options.preserve_order = True
     items = [{"unit": json.dumps(u)} for u in units]
     remote: dict[str, Any] = {}
-    if local and sum(1 for n in ray.nodes() if n["Alive"]) > 1:
+    if local and cluster.alive_nodes() > 1:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = ray.get_runtime_context().get_node_id()
@@ -105,35 +105,38 @@ def dataset(units: list[dict[str, Any]], local: bool) -> Any:
 
 def read_units(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data task: the rows of the units in ``batch``, each image uint8 28x28 (zeros where ``error`` says why)."""
-    rows: list[tuple[int, str, np.ndarray | None, str | None, int]] = []
-    for text in batch["unit"]:
-        rows += _read_unit(json.loads(text))
-    blank = np.zeros((28, 28), np.uint8)
-    return {
-        "row": np.array([r[0] for r in rows], np.int64),
-        "source": np.array([r[1] for r in rows], dtype=object),
-        "image": np.stack([blank if r[2] is None else r[2] for r in rows]),
-        "error": np.array([r[3] for r in rows], dtype=object),
-        "label": np.array([r[4] for r in rows], np.int64),
-    }
+    parts = [_read_unit(json.loads(text)) for text in batch["unit"]]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def _read_unit(unit: dict[str, Any]) -> list[tuple[int, str, np.ndarray | None, str | None, int]]:
-    """(row, source, image, error, label) of every image of one unit."""
+def _read_unit(unit: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The columns (row, source, image, error, label) of every image of one unit."""
     from mnist_ray import data, predict
 
     if unit["kind"] == "idx":
         start, stop = unit["start"], unit["stop"]
         images, labels = data.read_test(data.TestFiles(unit["images"], unit["labels"], 0), slice(start, stop))
-        return [
-            (start + i, unit["images"], x, None, int(y)) for i, (x, y) in enumerate(zip(images, labels, strict=True))
-        ]
+        n = len(labels)
+        return _columns(np.arange(start, stop), [unit["images"]] * n, images, [None] * n, labels)
     if unit["kind"] == "row_group":
         items = predict.read_row_group(unit["path"], unit["group"], unit["first"], unit["column"], unit["invert"])
     else:
         items = [i for path in unit["paths"] for i in predict.read_file(path, unit["invert"], unit["column"])]
-    base = unit["unit"] * STRIDE
-    return [(base + k, i.source, i.image, i.error, -1) for k, i in enumerate(items)]
+    blank = np.zeros((28, 28), np.uint8)
+    images = np.stack([blank if i.image is None else i.image for i in items])
+    rows = unit["unit"] * STRIDE + np.arange(len(items))
+    return _columns(rows, [i.source for i in items], images, [i.error for i in items], np.full(len(items), -1))
+
+
+def _columns(rows: np.ndarray, sources: list, images: np.ndarray, errors: list, labels: np.ndarray) -> dict:
+    """One unit's rows as the pipeline's numpy columns."""
+    return {
+        "row": np.asarray(rows, np.int64),
+        "source": np.array(sources, dtype=object),
+        "image": np.asarray(images, np.uint8),
+        "error": np.array(errors, dtype=object),
+        "label": np.asarray(labels, np.int64),
+    }
 
 
 class PartNames(FilenameProvider):
