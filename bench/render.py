@@ -139,6 +139,55 @@ def asha_sweeps() -> list[str]:
     ]
 
 
+def predict_scale() -> list[str]:
+    """bench/predict_scale.py: the prediction job at scale against a plain loop, today's code beside the new."""
+    files = {"before": "predict_scale_before", "after": "predict_scale"}
+    runs = {label: r for label, name in files.items() if (r := _load(name))}
+    if not runs:
+        return []
+    out = [
+        "## Batch prediction at scale",
+        "",
+        "`jobs/predict.py` as a fresh process (its own local Ray) on PNG files (56x56, black on white) and on Parquet",
+        "rows of 784 pixels read from a moto S3 server, against a plain one-process loop (the checkout's decode and",
+        "framing, then a plain torch loop) over the same inputs; both timed from process start to exit, driver peak",
+        "RSS is the job process's own VmHWM. The plain loop reads the 1M Parquet file from local disk.",
+        "",
+    ]
+    for label, r in runs.items():
+        out.append(f"- {label}: `{r['command']}`, commit {r['commit']}, {r['date']}, {r['machine']}.")
+    columns = ["images/s (wall)", "driver peak RSS", "plain loop images/s", "job / plain"]
+    out += [
+        "",
+        "| input | " + " | ".join(f"{label}: {c}" for c in columns for label in runs) + " |",
+        "|---|" + "---|" * len(columns) * len(runs),
+    ]
+    sizes = dict.fromkeys(size for r in runs.values() for size in r["cases"])
+    for size in sizes:
+        cases = {label: r["cases"].get(size, {}) for label, r in runs.items()}
+        given = next(c["input"] for c in cases.values() if "input" in c)
+        cells = [_scale_cell(c, column) for column in range(len(columns)) for c in cases.values()]
+        out.append(f"| {given} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _scale_cell(case: dict, column: int) -> str:
+    """One cell of the prediction-at-scale table: a figure, a failed job's last output line, or a dash."""
+    if column == 0 and "error" in case:
+        lines = case["error"].strip().splitlines() or [f"exit {case.get('rc')}"]
+        return "failed: " + lines[-1][:120].replace("|", "/")
+    figures = (
+        lambda c: f"{c['images_per_s']:,} ({c['wall_s']:.0f} s)",
+        lambda c: f"{c['driver_peak_rss_mb']:,} MB",
+        lambda c: f"{c['plain_images_per_s']:,}",
+        lambda c: f"{c['ratio']:.2f}",
+    )
+    try:
+        return figures[column](case)
+    except KeyError:
+        return "–"
+
+
 def levers() -> list[str]:
     """The A/B tables of Ray's fixed-cost levers: Ray's default against this project's setting, interleaved runs."""
     fresh = "interleaved pairs, each a fresh process with its own local Ray."
@@ -399,6 +448,7 @@ def main() -> None:
         "",
         *ops_faults(),
         *asha_sweeps(),
+        *predict_scale(),
         "## Levers: A/B of Ray's fixed costs",
         "",
         *levers(),

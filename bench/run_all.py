@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
 sweep, denormals, overhead, cpu_profile, levers, sweep_levers, layout_levers, fit_timeline, throughput_levers,
-suite_idle, suite_idle_n2, eval_input, eval_pool, start_levers, ops_faults, asha_sweeps), then render
-docs/benchmarks.md.
+suite_idle, suite_idle_n2, eval_input, eval_pool, start_levers, ops_faults, asha_sweeps,
+predict_scale), then render docs/benchmarks.md.
 
 About 75 minutes on 2 cores; run nothing else meanwhile."""
 
@@ -24,6 +24,7 @@ from bench import (  # noqa: E402
     levers,
     ops_faults,
     overhead,
+    predict_scale,
     render,
     start_levers,
     suite_idle,
@@ -51,6 +52,7 @@ BENCHES = {
     "suite_idle_n2": lambda: suite_idle.main(["--processes", "2"]),  # the same in 2 pytest processes (xdist)
     "ops_faults": ops_faults.main,  # stop signals, one run name twice, full disks, wrong addresses: N of N clean
     "asha_sweeps": asha_sweeps.main,  # 30 ASHA sweeps on one shared Ray: hangs counted
+    "predict_scale": lambda: predict_scale.main([]),  # predict.py: 10k, 100k PNGs, 1M Parquet rows on S3; plain loop
 }
 
 
