@@ -271,6 +271,13 @@ def case(size: str, model: Path, repo: Path, label: str) -> dict:
     return result
 
 
+def _earlier_cases(name: str, sizes: list[str]) -> dict:
+    """The cases of an earlier result file that this run does not measure again (a --sizes subset adds to it)."""
+    path = common.RESULTS / f"{name}.json"
+    earlier = json.loads(path.read_text()).get("cases", {}) if path.is_file() else {}
+    return {size: result for size, result in earlier.items() if size not in sizes}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", type=Path, default=common.REPO, help="the checkout whose jobs/predict.py to run")
@@ -286,9 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     dirty = bool(subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout.strip())
     verify(repo)
     model = checkpoint(repo)
-    cases = {size: case(size, model, repo, args.label) for size in sizes}
+    name = "predict_scale" + ("_before" if args.label == "before" else "")
+    cases = {**_earlier_cases(name, sizes), **{size: case(size, model, repo, args.label) for size in sizes}}
     common.save(
-        "predict_scale" + ("_before" if args.label == "before" else ""),
+        name,
         {
             "command": f"python -m bench.predict_scale --repo {repo} --label {args.label} --sizes {','.join(sizes)}",
             "repo": str(repo),
