@@ -150,7 +150,7 @@ def predict(
     """
     units = pipeline.idx_units(prep.test.images, prep.test.labels, prep.test.n, max(1, actors))
     scored = score(
-        pipeline.dataset(units, local=True),
+        pipeline.dataset(units, local=True, tasks=None if use_gpu or pool == "actors" else actors),
         prep.checkpoint,
         prep.state,
         Predictor,
@@ -207,7 +207,11 @@ def score(
         kwargs.update(scorer=fn, evaluation=uuid.uuid4().hex)
         mapped = {"fn": _score_batch, "fn_kwargs": kwargs, "compute": ray.data.TaskPoolStrategy(size=actors)}
     return ds.map_batches(
-        **mapped, batch_size=batch_size, batch_format="numpy", num_cpus=1, num_gpus=1 if use_gpu else 0
+        **mapped,
+        batch_size=None if pool == "tasks" else batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        num_gpus=1 if use_gpu else 0,
     )
 
 

@@ -15,9 +15,10 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
+from mnist_ray import cluster as ray_cluster  # noqa: E402
 from mnist_ray import layout, runner  # noqa: E402
 from mnist_ray.config import RunOptions, TrainConfig  # noqa: E402
-from mnist_ray.errors import ConfigError  # noqa: E402
+from mnist_ray.errors import ConfigError, ResourceError  # noqa: E402
 from tests.ray_head import free_ports  # noqa: E402
 
 
@@ -36,6 +37,11 @@ def main(output: str, bucket: str) -> None:
             refused = ""
         except ConfigError as exc:
             refused = str(exc)
+        try:  # predictions written by tasks of any node: a local --output is refused too
+            ray_cluster.check_single_node("--output", output)
+            refused_output = ""
+        except ResourceError as exc:
+            refused_output = str(exc)
         # Object storage every node reaches, as on a real cluster: each worker persists its own shard there.
         out = runner.train(cfg, RunOptions(name="multinode", output=output, storage_path=bucket))
         workers = list_actors(
@@ -52,6 +58,7 @@ def main(output: str, bucket: str) -> None:
                     "best": str(out.best_checkpoint),
                     "worker_nodes": sorted({w.node_id for w in workers}),
                     "refused_without_storage": refused,
+                    "refused_local_output": refused_output,
                     "auto": chosen,
                     "auto_with_gpu": with_gpu,
                     "cluster_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),

@@ -34,6 +34,7 @@ def test_two_workers_on_two_nodes_with_checkpoints_on_s3(tmp_path, s3_server):
     assert info["auto_with_gpu"] == "auto: 1 worker x 1 CPU + 1 GPU (3 nodes, 1 GPU; gpu preset's batch, lr and epochs)"
     assert info["addresses"] == ["127.0.0.1"]  # every node on loopback
     assert "this Ray cluster has 2 nodes: put the run on storage every node reaches" in info["refused_without_storage"]
+    assert f"2 nodes: --output {tmp_path} is on one machine's disk; pass an s3://" in info["refused_local_output"]
     history = pd.read_parquet(info["history"])
     assert history["epoch"].tolist() == [1, 2] and history["train_loss"].iloc[1] < history["train_loss"].iloc[0]
     assert (tmp_path / "multinode" / "curves.png").is_file() and (tmp_path / "multinode" / "config.json").is_file()

@@ -48,7 +48,7 @@ class EvalOptions:
     """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu;
     auto: one per CPU, or one per GPU."""
     batch_size: int = 1000
-    """Images per inference batch."""
+    """Images per inference batch of a GPU actor (a CPU task scores its whole unit, in chunks of 256)."""
 
     def __post_init__(self) -> None:
         if sum(bool(x) for x in (self.checkpoint, self.run, self.models_dir)) > 1:

@@ -52,7 +52,7 @@ class PredictOptions:
     """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu;
     auto: one per CPU, or one per GPU."""
     batch_size: int = 1000
-    """Images per inference batch."""
+    """Images per inference batch of a GPU actor (a CPU task scores its whole unit, in chunks of 256)."""
 
     def __post_init__(self) -> None:
         evaluation.check_one_source(self.checkpoint, self.run, self.models_dir)
