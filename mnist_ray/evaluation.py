@@ -101,9 +101,10 @@ class Predictor:
         On a CPU the batch goes through the model in chunks of :data:`CPU_CHUNK` images; a GPU takes it whole.
         """
         torch = self.torch
-        x = data.normalize(images, self.stats).to(self.device)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
-            logits = torch.cat([self.model(part).float() for part in x.split(self.chunk or len(x))])
+        step = self.chunk or len(images)  # normalised a chunk at a time on a CPU: its floats stay in cache
+        parts = (data.normalize(images[i : i + step], self.stats).to(self.device) for i in range(0, len(images), step))
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = torch.cat([self.model(part).float() for part in parts])
         return torch.log_softmax(logits, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
