@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_ray import checkpoints, data, models, output, pipeline, storage
+from mnist_ray import checkpoints, cluster, data, models, output, pipeline, storage
 from mnist_ray.config import DEFAULT_RUNS
 from mnist_ray.errors import CheckpointError, ConfigError, ResourceError
 
@@ -150,17 +150,7 @@ def predict(
     back. ``progress`` turns on Ray Data's per-operator progress output; ``pool`` is :func:`score`'s.
     """
     units = pipeline.idx_units(prep.test.images, prep.test.labels, prep.test.n, max(1, actors))
-    scored = score(
-        pipeline.dataset(units, local=True, tasks=None if use_gpu or pool == "actors" else actors),
-        prep.checkpoint,
-        prep.state,
-        Predictor,
-        use_gpu,
-        actors,
-        batch_size,
-        progress,
-        pool,
-    )
+    scored = score(units, True, prep.checkpoint, prep.state, Predictor, use_gpu, actors, batch_size, progress, pool)
     with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
         predictions = scored.to_pandas().sort_values("index", ignore_index=True)
     predictions["correct"] = predictions["label"] == predictions["predicted"]
@@ -168,7 +158,8 @@ def predict(
 
 
 def score(
-    ds: Any,
+    units: list[dict[str, Any]],
+    local: bool,
     checkpoint: str,
     state: dict[str, Any],
     fn: type = Predictor,
@@ -178,7 +169,8 @@ def score(
     progress: bool = False,
     pool: str | None = None,
 ) -> Any:
-    """``ds`` (rows with an ``image`` column of uint8 28x28) mapped through ``fn``, ``actors`` replicas at once.
+    """The images of ``units`` (:func:`mnist_ray.pipeline.dataset`; ``local``: files on the driver's disk) mapped
+    through ``fn``, ``actors`` replicas at once.
 
     ``fn`` is :class:`Predictor` or a subclass (the prediction job's). ``pool`` is ``"tasks"`` on CPUs and
     ``"actors"`` (a pool of ``actors`` replicas) with ``use_gpu``: Ray runs a GPU function's process for one call
@@ -195,12 +187,12 @@ def score(
     ray.data.DataContext.get_current().enable_progress_bars = progress
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if progress else logging.ERROR)
-    nodes = sum(1 for n in ray.nodes() if n["Alive"])
-    local_only = not storage.is_uri(checkpoint) and nodes > 1
+    local_only = not storage.is_uri(checkpoint) and cluster.alive_nodes() > 1
     source = {"ref": [ray.put(state)]} if local_only else {"path": checkpoint}
     pool = pool or ("actors" if use_gpu else "tasks")
     if pool not in ("tasks", "actors"):
         raise ValueError(f"pool must be 'tasks' or 'actors', not {pool!r}")
+    ds = pipeline.dataset(units, local, actors if pool == "tasks" else None)  # tasks: reading fused with scoring
     kwargs = {"source": source, "use_gpu": use_gpu}
     if pool == "actors":
         mapped = {"fn": fn, "fn_constructor_kwargs": kwargs, "compute": ray.data.ActorPoolStrategy(size=actors)}

@@ -350,8 +350,7 @@ def predict(
     units = pipeline.file_units(files, column, invert, score.get("actors", 2))
     score["actors"] = min(score.get("actors", 2), len(units))  # never more replicas than units of work
     local = not any(storage.is_uri(f) for f in files)
-    tasks = None if score.get("use_gpu") else score["actors"]  # CPU scoring: fused with reading (pipeline.dataset)
-    scored = evaluation.score(pipeline.dataset(units, local, tasks), checkpoint, state, ImagePredictor, **score)
+    scored = evaluation.score(units, local, checkpoint, state, ImagePredictor, **score)
     with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
         pipeline.write(scored, storage.join(staging, FILENAME))
     return count(storage.join(staging, FILENAME))
