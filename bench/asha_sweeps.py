@@ -23,21 +23,21 @@ TINY = {"epochs": 2, "train_limit": 2048, "val_size": 512, "batch_size": 64, "au
 
 def one_sweep(folder: str, name: str) -> dict:
     """The suite's ASHA scenario once, in this process's Ray: its wall time and how ASHA ended each trial."""
-    from mnist_ray import tuning
-    from mnist_ray.config import RunOptions, TrainConfig
+    from mnist_ray.settings.config import RunOptions, TrainConfig
+    from mnist_ray.training import sweep
 
     run = RunOptions(name=name, output=folder)
-    space = tuning.SearchSpace(lr_values=(3e-3, 1e-6), optimizers=("adam",))
-    plan = tuning.preflight(TrainConfig(**TINY), space, tuning.SweepOptions(num_samples=1, max_concurrent=1), run)
+    space = sweep.SearchSpace(lr_values=(3e-3, 1e-6), optimizers=("adam",))
+    plan = sweep.preflight(TrainConfig(**TINY), space, sweep.SweepOptions(num_samples=1, max_concurrent=1), run)
     start = time.perf_counter()
-    out = tuning.sweep(plan, run, emit=lambda line: None)
+    out = sweep.sweep(plan, run, emit=lambda line: None)
     return {"wall_s": round(time.perf_counter() - start, 1), "trials": out.trials_run, "stopped": out.stopped_early}
 
 
 def main(sweeps: int = SWEEPS) -> None:
-    from mnist_ray import cluster
+    from mnist_ray.cluster import connection
 
-    cluster.connect(num_cpus=2)  # one shared Ray for every sweep, with its dashboard, as the suite's
+    connection.connect(num_cpus=2)  # one shared Ray for every sweep, with its dashboard, as the suite's
     results: list[dict] = []
     hangs = 0
     with tempfile.TemporaryDirectory(prefix="asha-sweeps-") as folder:

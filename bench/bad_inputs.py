@@ -19,9 +19,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnist_ray import checkpoints, cli, cluster, models  # noqa: E402
-from mnist_ray.config import TrainConfig  # noqa: E402
+from mnist_ray.cluster import connection  # noqa: E402
 from mnist_ray.jobs import evaluate, export, predict, train, tune  # noqa: E402
+from mnist_ray.settings import cli  # noqa: E402
+from mnist_ray.settings.config import TrainConfig  # noqa: E402
+from mnist_ray.training import checkpoints, models  # noqa: E402
 
 FLOATS = ["inf", "-inf", "nan", "1e400", "-1", "0", "abc", ""]
 TRAIN_FLAGS = {
@@ -227,7 +229,7 @@ def _reached_ray(*args, **kwargs) -> None:
 
 
 def main() -> int:
-    cluster.connect = _reached_ray  # every case must end before Ray: one that gets there is reported, not run
+    connection.connect = _reached_ray  # every case must end before Ray: one that gets there is reported, not run
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         (tmp / "configs").mkdir()

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from bench import common
-from mnist_ray import checkpoints, data, models, optim
+from mnist_ray import data
+from mnist_ray.training import checkpoints, models, optim
 
 DEFAULT = common.WORK / "runs" / "from_sweep" / "checkpoint_epoch_011"
 BATCH, STEPS, LR = 64, 30, 1e-6

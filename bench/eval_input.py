@@ -19,9 +19,10 @@ PAIRS = 3
 PROBE = """
 import json, sys, time
 import numpy as np, pandas as pd, pyarrow as pa, ray
-from mnist_ray import cluster, data
+from mnist_ray import data
+from mnist_ray.cluster import connection
 
-cluster.connect(num_cpus=2, dashboard=False)
+connection.connect(num_cpus=2, dashboard=False)
 arrays = data.load("mnist", None)
 x, y = arrays.test_x, arrays.test_y
 bounds = np.linspace(0, len(y), 5).astype(int)

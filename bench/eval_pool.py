@@ -3,10 +3,10 @@
     python -m bench.eval_pool
 
 Each run is a fresh process, as a job is: connect to a local Ray (2 CPUs), then evaluate the default run's best
-checkpoint four times into a temporary folder (``reports.evaluate_to_report``, the job's whole path but the
+checkpoint four times into a temporary folder (``report.evaluate_to_report``, the job's whole path but the
 imports and ``ray.init``). The first call is what one evaluation job pays; the next three are what a process that
 evaluates again pays (the test suite, the comparison of several runs, predictions after an evaluation). 3
-interleaved pairs; the seconds of scoring (``evaluation.score``) and of the whole call. Results:
+interleaved pairs; the seconds of scoring (``scoring.score``) and of the whole call. Results:
 bench/results/eval_pool.json. About 2 minutes on 2 cores.
 """
 
@@ -21,10 +21,12 @@ CALLS = 4
 
 PROBE = """
 import json, sys, tempfile, time
-from mnist_ray import cluster, evaluation, reports
+from mnist_ray.cluster import connection
+from mnist_ray.inference import scoring
+from mnist_ray.reports import report
 
-cluster.connect(num_cpus=2, dashboard=False)
-score, spans = evaluation.score, []
+connection.connect(num_cpus=2, dashboard=False)
+score, spans = scoring.score, []
 
 def timed(*args, **kwargs):
     start = time.perf_counter()
@@ -33,11 +35,11 @@ def timed(*args, **kwargs):
     finally:
         spans.append(round(time.perf_counter() - start, 2))
 
-evaluation.score = timed
+scoring.score = timed
 calls = []
 for i in range(int(sys.argv[3])):
     start = time.perf_counter()
-    reports.evaluate_to_report(sys.argv[1], tempfile.mkdtemp(), f"pool-{i}")
+    report.evaluate_to_report(sys.argv[1], tempfile.mkdtemp(), f"pool-{i}")
     calls.append(round(time.perf_counter() - start, 2))
 print(json.dumps({"score_s": spans, "call_s": calls}))
 """

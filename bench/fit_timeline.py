@@ -23,17 +23,18 @@ from bench import common
 
 PROBE = r"""
 import json, sys, tempfile, time
-from mnist_ray import cluster, runner
-from mnist_ray.config import RunOptions, TrainConfig
+from mnist_ray.cluster import connection
+from mnist_ray.training import trainer
+from mnist_ray.settings.config import RunOptions, TrainConfig
 from tests.conftest import TINY
-cluster.connect(num_cpus=2)
+connection.connect(num_cpus=2)
 time.sleep(3)  # the instance's prestarted workers settle before the first fit
 for workers in (2, 1):
     for i in range(3):
         t, marks = time.time(), []
         opts = RunOptions(name=f"w{workers}-{i}", output=tempfile.mkdtemp())
         cfg = TrainConfig(**{**TINY, "num_workers": workers})
-        runner.train(cfg, opts, on_epoch=lambda m: marks.append(time.time()))
+        trainer.train(cfg, opts, on_epoch=lambda m: marks.append(time.time()))
         print(json.dumps({"workers": workers, "start": t, "first_epoch_s": marks[0] - t, "fit_s": time.time() - t}))
 """
 

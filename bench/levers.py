@@ -118,10 +118,11 @@ def _scoring_s(channels_last: bool, chunk: int | None, folder: str) -> float:
     import numpy as np
     import torch
 
-    from mnist_ray import data, evaluation
+    from mnist_ray import data
+    from mnist_ray.inference import scoring
 
     arrays = data.load("mnist")
-    predictor = evaluation.Predictor({"path": folder}, threads=1)
+    predictor = scoring.Predictor({"path": folder}, threads=1)
     if not channels_last:  # the scoring as it was before 2026-11-26: NCHW weights
         predictor.model = predictor.model.to(memory_format=torch.contiguous_format)
     predictor.chunk = chunk
@@ -136,8 +137,8 @@ def _scoring_s(channels_last: bool, chunk: int | None, folder: str) -> float:
 
 def _fresh_checkpoint(folder: str) -> str:
     """A CNN checkpoint with freshly initialised weights (speed does not depend on them)."""
-    from mnist_ray import checkpoints, models
-    from mnist_ray.config import TrainConfig
+    from mnist_ray.settings.config import TrainConfig
+    from mnist_ray.training import checkpoints, models
 
     model = models.build("cnn", seed=0)
     cfg = TrainConfig().to_dict()

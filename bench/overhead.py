@@ -13,10 +13,12 @@ PROBE = r"""
 import json, sys, tempfile, time
 t0 = time.perf_counter()
 import ray, torch  # noqa: F401
-from mnist_ray import cluster, data, runner
-from mnist_ray.config import RunOptions, TrainConfig
+from mnist_ray import data
+from mnist_ray.cluster import connection
+from mnist_ray.training import trainer
+from mnist_ray.settings.config import RunOptions, TrainConfig
 t_import = time.perf_counter()
-cluster.connect()
+connection.connect()
 t_init = time.perf_counter()
 arrays = data.load("mnist")
 t_data = time.perf_counter()
@@ -24,7 +26,7 @@ cfg = TrainConfig(epochs=1, train_limit=256, val_size=256, batch_size=64, augmen
 seen = {}
 def on_epoch(m):
     seen["at"], seen["epoch_s"] = time.perf_counter(), m["epoch_s"]
-runner.train(cfg, RunOptions(name="probe", output=tempfile.mkdtemp()), on_epoch, arrays)
+trainer.train(cfg, RunOptions(name="probe", output=tempfile.mkdtemp()), on_epoch, arrays)
 t_end = time.perf_counter()
 print(json.dumps({
     "python_imports_s": t_import - t0, "ray_init_s": t_init - t_import, "parse_verify_data_s": t_data - t_init,

@@ -186,7 +186,9 @@ def _plain_loop() -> None:  # runs in a fresh process (its source is sent with p
     import torch
 
     import mnist_ray
-    from mnist_ray import checkpoints, data, evaluation, models, predict
+    from mnist_ray import data
+    from mnist_ray.inference import predict, scoring
+    from mnist_ray.training import checkpoints, models
 
     kind, source, ckpt, repo = sys.argv[1:5]
     assert mnist_ray.__file__.startswith(repo + "/"), f"mnist_ray from {mnist_ray.__file__}, not {repo}"
@@ -210,7 +212,7 @@ def _plain_loop() -> None:  # runs in a fresh process (its source is sent with p
     images = 0
     with torch.inference_mode():
         for block in blocks():
-            for part in data.normalize(block, stats).split(evaluation.CPU_CHUNK):
+            for part in data.normalize(block, stats).split(scoring.CPU_CHUNK):
                 model(part).softmax(1).topk(3, dim=1)
             images += len(block)
     print(json.dumps({"images": images, "loop_s": time.perf_counter() - start, "mnist_ray": mnist_ray.__file__}))

@@ -3,7 +3,7 @@
     python -m bench.start_levers                  # all three
     python -m bench.start_levers prestart         # or any of: coordinator runtime_env prestart
 
-- ``coordinator`` (kept: ``cluster.connect`` does it): Ray Train's controller asks Ray Data's
+- ``coordinator`` (kept: ``connection.connect`` does it): Ray Train's controller asks Ray Data's
   ``AutoscalingCoordinator`` (a detached actor, a new process) for resources and waits up to 5 s; Ray Data's
   executor uses it too. The lever creates it from the driver right after ``ray.init`` (an internal API); Ray's
   default is ``MNIST_RAY_EARLY_COORDINATOR=0``. Per pair: the first evaluation call and the first tiny fit of a
@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 from bench import common
-from mnist_ray import cluster
+from mnist_ray.cluster import connection
 
 PAIRS = 3
 
@@ -35,27 +35,29 @@ PROBE = r"""
 import json, os, sys, tempfile, time
 lever, what, checkpoint = sys.argv[1:4]
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-from mnist_ray import cluster, reports, runner
-from mnist_ray.config import RunOptions, TrainConfig
+from mnist_ray.cluster import connection
+from mnist_ray.reports import report
+from mnist_ray.training import trainer
+from mnist_ray.settings.config import RunOptions, TrainConfig
 from tests.conftest import TINY
 
 if lever == "runtime_env":
     import functools, ray
     from ray.train.v2._internal import constants as c
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", cluster.HEALTH_CHECK_INTERVAL_S)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", connection.HEALTH_CHECK_INTERVAL_S)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     env_vars = c.get_env_vars_to_propagate()  # what the controller's runtime env holds (DataParallelTrainer)
     warn = c.RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
     env_vars.setdefault(warn, c.DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
     ray.init = functools.partial(ray.init, runtime_env={"env_vars": env_vars})
-cluster.connect(num_cpus=2, dashboard=False)  # starts the coordinator unless MNIST_RAY_EARLY_COORDINATOR=0
+connection.connect(num_cpus=2, dashboard=False)  # starts the coordinator unless MNIST_RAY_EARLY_COORDINATOR=0
 spans = []
 for i in range(3 if what == "fits" else 1):
     start = time.perf_counter()
     if what == "eval":
-        reports.evaluate_to_report(checkpoint, tempfile.mkdtemp(), "lever")
+        report.evaluate_to_report(checkpoint, tempfile.mkdtemp(), "lever")
     else:
-        runner.train(TrainConfig(**TINY), RunOptions(name=f"lever{i}", output=tempfile.mkdtemp()))
+        trainer.train(TrainConfig(**TINY), RunOptions(name=f"lever{i}", output=tempfile.mkdtemp()))
     spans.append(round(time.perf_counter() - start, 2))
 print(json.dumps(spans))
 """
@@ -65,7 +67,7 @@ def probe(lever: str, what: str, checkpoint: str) -> list[float]:
     """Seconds of each evaluation call or fit in one fresh process with its own local Ray; lever "none" or one."""
     with tempfile.TemporaryDirectory(prefix="rsl", dir="/tmp") as tmp:  # short: Ray's socket paths have a limit
         env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-        env[cluster.EARLY_COORDINATOR_ENV] = "1" if lever == "coordinator" else "0"  # runtime_env: without it
+        env[connection.EARLY_COORDINATOR_ENV] = "1" if lever == "coordinator" else "0"  # runtime_env: without it
         return common.probe(PROBE, lever, what, checkpoint, env=env)
 
 

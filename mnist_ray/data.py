@@ -1,8 +1,8 @@
 """MNIST-format datasets: locate, verify and parse the four IDX files.
 
 Training workers never touch files: the driver parses once, puts the uint8 arrays in Ray's object
-store, and each worker slices its own shard (see :mod:`mnist_ray.training`). Evaluation verifies the test
-files on the driver and lets Ray Data tasks read them (:mod:`mnist_ray.pipeline`).
+store, and each worker slices its own shard (see :mod:`mnist_ray.training.worker`). Evaluation verifies the test
+files on the driver and lets Ray Data tasks read them (:mod:`mnist_ray.inference.pipeline`).
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def normalize(images: np.ndarray, stats: Normalization | None = None):
     """uint8 (N, 28, 28) -> float32 tensor (N, 1, 28, 28) standardised with ``stats``.
 
     ``stats``: the dataset's (``DATASET_INFO[name].normalization``) when training, the checkpoint's
-    (:func:`mnist_ray.checkpoints.normalization`) when scoring; None means MNIST's.
+    (:func:`mnist_ray.training.checkpoints.normalization`) when scoring; None means MNIST's.
     """
     import torch
 

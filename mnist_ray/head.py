@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mnist_ray.cluster import DASHBOARD_PORT, GCS_PORT, LOOPBACK, address_file, reachable
+from mnist_ray.cluster.connection import DASHBOARD_PORT, GCS_PORT, LOOPBACK, address_file, reachable
 from mnist_ray.errors import EXIT_USAGE, MnistRayError, ResourceError
 
 HEAD_DIR = Path(".ray-head")

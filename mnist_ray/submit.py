@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
-from mnist_ray import stop
-from mnist_ray.cluster import reachable
+from mnist_ray.cluster import stop
+from mnist_ray.cluster.connection import reachable
 from mnist_ray.errors import EXIT_USAGE, MnistRayError
 
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")

@@ -59,9 +59,9 @@ def ray_session(s3_server):
     """
     import ray
 
-    from mnist_ray import cluster
+    from mnist_ray.cluster import connection
 
-    cluster.connect(num_cpus=2)
+    connection.connect(num_cpus=2)
     yield ray
     ray.shutdown()
 
@@ -74,11 +74,11 @@ def tiny_run(ray_session, tmp_path_factory):
     Shared by many tests, so no test may change it: a test that resumes or overwrites a run trains
     or copies its own.
     """
-    from mnist_ray import runner
-    from mnist_ray.config import RunOptions, TrainConfig
+    from mnist_ray.settings.config import RunOptions, TrainConfig
+    from mnist_ray.training import trainer
 
     cfg = TrainConfig(**TINY, cpus_per_worker=2)
     opts = RunOptions(name="tiny", output=str(tmp_path_factory.mktemp("runs")))
     epochs: list[dict] = []
-    outputs = runner.train(cfg, opts, on_epoch=epochs.append)
+    outputs = trainer.train(cfg, opts, on_epoch=epochs.append)
     return cfg, opts, outputs, epochs

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mnist_ray import cli
+from mnist_ray.settings import cli
 from tests.conftest import REPO
 
 

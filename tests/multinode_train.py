@@ -15,10 +15,11 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
-from mnist_ray import cluster as ray_cluster  # noqa: E402
-from mnist_ray import layout, runner  # noqa: E402
-from mnist_ray.config import RunOptions, TrainConfig  # noqa: E402
+from mnist_ray.cluster import connection as ray_cluster  # noqa: E402
+from mnist_ray.cluster import layout  # noqa: E402
 from mnist_ray.errors import ConfigError, ResourceError  # noqa: E402
+from mnist_ray.settings.config import RunOptions, TrainConfig  # noqa: E402
+from mnist_ray.training import trainer
 from tests.ray_head import free_ports  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def main(output: str, bucket: str) -> None:
         tiny = TrainConfig(epochs=2, train_limit=1024, val_size=256, batch_size=64, augment=False)
         cfg, chosen = layout.resolve(tiny, auto)
         try:  # the default storage (the driver's local disk) is refused on a multi-node cluster
-            runner.train(cfg, RunOptions(name="nostorage", output=output))
+            trainer.train(cfg, RunOptions(name="nostorage", output=output))
             refused = ""
         except ConfigError as exc:
             refused = str(exc)
@@ -43,7 +44,7 @@ def main(output: str, bucket: str) -> None:
         except ResourceError as exc:
             refused_output = str(exc)
         # Object storage every node reaches, as on a real cluster: each worker persists its own shard there.
-        out = runner.train(cfg, RunOptions(name="multinode", output=output, storage_path=bucket))
+        out = trainer.train(cfg, RunOptions(name="multinode", output=output, storage_path=bucket))
         workers = list_actors(
             address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100
         )

@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from mnist_ray import checkpoints, models
 from mnist_ray.errors import CheckpointError
 from mnist_ray.jobs import evaluate, train
+from mnist_ray.training import checkpoints, models
 from tests.conftest import MNIST
 from tests.helpers import assert_one_line_error, call
 
@@ -44,7 +44,7 @@ def good_checkpoint(tmp_path_factory):
     """A real (untrained) cnn checkpoint in the project's format."""
     folder = tmp_path_factory.mktemp("ckpt")
     model = models.build("cnn", seed=0)
-    from mnist_ray.config import TrainConfig
+    from mnist_ray.settings.config import TrainConfig
 
     return checkpoints.save(folder, model=model, optimizer=None, config=TrainConfig().to_dict(), epoch=1, history=[])
 

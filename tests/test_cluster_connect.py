@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_ray import cluster
+from mnist_ray.cluster import connection
 from mnist_ray.errors import ResourceError
 from tests.conftest import REPO
 from tests.ray_head import free_ports
@@ -146,11 +146,11 @@ def test_a_job_server_url_in_ray_address_is_refused_with_the_fix(tmp_path):
 @pytest.mark.parametrize(
     ("ray_address", "recorded", "expected"),
     [
-        (None, None, cluster.Target(None, "")),
-        ("local", "127.0.0.1:6379", cluster.Target(None, "RAY_ADDRESS=local")),
-        ("10.0.0.5:6379", "127.0.0.1:6379", cluster.Target("10.0.0.5:6379", "RAY_ADDRESS")),
-        (None, "127.0.0.1:6379", cluster.Target("127.0.0.1:6379", "")),
-        ("auto", "127.0.0.1:6379", cluster.Target("127.0.0.1:6379", "")),
+        (None, None, connection.Target(None, "")),
+        ("local", "127.0.0.1:6379", connection.Target(None, "RAY_ADDRESS=local")),
+        ("10.0.0.5:6379", "127.0.0.1:6379", connection.Target("10.0.0.5:6379", "RAY_ADDRESS")),
+        (None, "127.0.0.1:6379", connection.Target("127.0.0.1:6379", "")),
+        ("auto", "127.0.0.1:6379", connection.Target("127.0.0.1:6379", "")),
     ],
 )
 def test_resolve_follows_rays_rule(monkeypatch, tmp_path, ray_address, recorded, expected):
@@ -160,11 +160,11 @@ def test_resolve_follows_rays_rule(monkeypatch, tmp_path, ray_address, recorded,
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
     else:
         monkeypatch.setenv("RAY_ADDRESS", ray_address)
-    assert cluster.address_file() == tmp_path / "ray" / "ray_current_cluster"
+    assert connection.address_file() == tmp_path / "ray" / "ray_current_cluster"
     if recorded:
-        cluster.address_file().parent.mkdir()
-        cluster.address_file().write_text(recorded + "\n")
-    target = cluster.resolve()
+        connection.address_file().parent.mkdir()
+        connection.address_file().write_text(recorded + "\n")
+    target = connection.resolve()
     assert target.address == expected.address
     assert target.source.startswith(expected.source)
 
@@ -173,7 +173,7 @@ def test_auto_without_a_recorded_head_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     with pytest.raises(ResourceError, match="RAY_ADDRESS=auto"):
-        cluster.resolve()
+        connection.resolve()
 
 
 @pytest.mark.slow
@@ -184,7 +184,7 @@ def test_a_local_start_says_so_in_one_line(tmp_path):
     """
     ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
     code = (
-        "from mnist_ray import cluster; cluster.connect(num_cpus=1); import ray\n"
+        "from mnist_ray import cluster; connection.connect(num_cpus=1); import ray\n"
         "ray.get_actor('AutoscalingCoordinator', namespace='AutoscalingCoordinator'); ray.shutdown()"
     )
     try:
@@ -208,8 +208,8 @@ def test_a_local_start_says_so_in_one_line(tmp_path):
 
 TWO_RAYS = """
 import json, os
-from mnist_ray import cluster
-cluster.connect(num_cpus=1)
+from mnist_ray.cluster import connection
+connection.connect(num_cpus=1)
 import ray
 from ray.util.state import list_nodes
 
@@ -220,7 +220,7 @@ def probe():
 # the driver's own state API calls: a group no actor uses, freed after a sweep (it used to guess "auto" and fail)
 orphan = ray.util.placement_group([{"CPU": 1}])
 ray.get(orphan.ready(), timeout=60)
-freed = cluster.free_orphaned_placement_groups(settle_s=0.2, wait_s=0)
+freed = connection.free_orphaned_placement_groups(settle_s=0.2, wait_s=0)
 gcs = ray.get_runtime_context().gcs_address
 print(json.dumps([gcs, *ray.get(probe.remote()), os.environ.get("RAY_ADDRESS"), freed]))
 """
@@ -246,9 +246,9 @@ def test_a_local_instance_beside_another_gives_its_processes_their_own_address(t
 # A local instance that prefers the free port given (8265 in real use) for its dashboard; prints the port it got.
 PREFERRED_DASHBOARD = """
 import sys
-from mnist_ray import cluster
-cluster.DASHBOARD_PORT = int(sys.argv[1])
-cluster.connect(num_cpus=1)
+from mnist_ray.cluster import connection
+connection.DASHBOARD_PORT = int(sys.argv[1])
+connection.connect(num_cpus=1)
 import ray
 print(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1])
 """
@@ -283,12 +283,12 @@ def test_placement_groups_no_actor_uses_are_freed_and_used_ones_kept():
     holder = ray.remote(num_cpus=1)(Holder).options(scheduling_strategy=PlacementGroupSchedulingStrategy(used)).remote()
     try:
         ray.get(holder.ping.remote(), timeout=60)
-        assert cluster.free_orphaned_placement_groups(settle_s=0.2, wait_s=0) >= 1  # wait_s=0: no watching
+        assert connection.free_orphaned_placement_groups(settle_s=0.2, wait_s=0) >= 1  # wait_s=0: no watching
         assert placement_group_table(orphan)["state"] == "REMOVED"
         assert placement_group_table(used)["state"] == "CREATED"
         # A stopped trial's worker still shutting down when the sweep returns: its group goes once it is gone.
         threading.Timer(1.0, ray.kill, args=(holder,)).start()
-        assert cluster.free_orphaned_placement_groups(settle_s=0.2, wait_s=30) == 1
+        assert connection.free_orphaned_placement_groups(settle_s=0.2, wait_s=30) == 1
         assert placement_group_table(used)["state"] == "REMOVED"
     finally:
         ray.kill(holder)
@@ -313,7 +313,7 @@ def test_during_a_sweep_only_worker_groups_unused_past_the_grace_are_freed():
     holder = holder.remote()
     try:
         ray.get(holder.ping.remote(), timeout=60)
-        reaper = cluster.PlacementGroupReaper(grace_s=30)
+        reaper = connection.PlacementGroupReaper(grace_s=30)
         assert reaper.check(now=100.0) == 0  # unused from now on, but within its grace
         assert placement_group_table(orphan)["state"] == "CREATED"
         assert reaper.check(now=131.0) == 1
@@ -323,7 +323,7 @@ def test_during_a_sweep_only_worker_groups_unused_past_the_grace_are_freed():
         late = placement_group([{"CPU": 0.5}])  # the running thread frees it too, and says so
         ray.get(late.ready(), timeout=60)
         said = []
-        with cluster.PlacementGroupReaper(grace_s=0.5, every_s=0.3, on_free=said.append):
+        with connection.PlacementGroupReaper(grace_s=0.5, every_s=0.3, on_free=said.append):
             deadline = time.monotonic() + 30
             while placement_group_table(late)["state"] != "REMOVED" and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -14,9 +14,12 @@ import pandas as pd
 import pytest
 from matplotlib import image
 
-from mnist_ray import checkpoints, compare, data, evaluation, models, reports
-from mnist_ray.config import TrainConfig
+from mnist_ray import data
+from mnist_ray.inference import scoring
 from mnist_ray.jobs import evaluate
+from mnist_ray.reports import comparison, report
+from mnist_ray.settings.config import TrainConfig
+from mnist_ray.training import checkpoints, models
 from tests.conftest import REPORT_FILES, TINY
 from tests.helpers import assert_one_line_error, call
 
@@ -31,7 +34,9 @@ COMPARISON_FILES = {
 METRICS = ["run_id", "checkpoint", "model", "dataset", "n", "accuracy", "loss", "macro_precision", "macro_f1"]
 
 
-def _result(run_id: str, dataset: str, labels: list[int], predicted: list[int], model: str = "cnn") -> compare.Result:
+def _result(
+    run_id: str, dataset: str, labels: list[int], predicted: list[int], model: str = "cnn"
+) -> comparison.Result:
     """Hand-made predictions of one model and the metrics its report would hold."""
     preds = pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "predicted": predicted})
     preds["confidence"] = np.linspace(0.5, 0.99, len(labels))
@@ -39,14 +44,14 @@ def _result(run_id: str, dataset: str, labels: list[int], predicted: list[int], 
     preds["correct"] = preds["label"] == preds["predicted"]
     images = np.random.default_rng(0).integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
     test = data.write_test(tempfile.mkdtemp(prefix="mnist-ray-compare-"), images, np.array(labels))
-    ev = evaluation.Evaluation(preds, f"/runs/{run_id}/best_checkpoint/model.pt", model, dataset, test)
-    return ev, {"run_id": run_id, "model": model, "dataset": dataset, **evaluation.summary_metrics(preds)}
+    ev = scoring.Evaluation(preds, f"/runs/{run_id}/best_checkpoint/model.pt", model, dataset, test)
+    return ev, {"run_id": run_id, "model": model, "dataset": dataset, **scoring.summary_metrics(preds)}
 
 
 def test_a_fashion_mnist_report_names_its_classes(tmp_path):
     labels = [i % 10 for i in range(100)]
     ev, _ = _result("fashion", "fashion-mnist", labels, [(y + (i % 3 == 0)) % 10 for i, y in enumerate(labels)])
-    reports.write_report(ev, str(tmp_path / "fashion"), "2026-01-01T00:00:00+00:00", 1.0)
+    report.write_report(ev, str(tmp_path / "fashion"), "2026-01-01T00:00:00+00:00", 1.0)
     folder = tmp_path / "fashion"
     assert {p.name for p in folder.iterdir()} == REPORT_FILES
     summary = (folder / "summary.md").read_text()
@@ -64,7 +69,7 @@ def test_a_fashion_mnist_report_names_its_classes(tmp_path):
 
 def test_an_mnist_report_keeps_digit_wording(tmp_path):
     ev, _ = _result("digits", "mnist", [0, 1, 2, 3], [0, 1, 2, 2])
-    reports.write_report(ev, str(tmp_path / "digits"), "2026-01-01T00:00:00+00:00", 1.0)
+    report.write_report(ev, str(tmp_path / "digits"), "2026-01-01T00:00:00+00:00", 1.0)
     summary = (tmp_path / "digits" / "summary.md").read_text()
     assert "## Digits ranked by errors" in summary and "| rank | digit |" in summary
     assert pd.read_parquet(tmp_path / "digits" / "per_class.parquet").columns[:2].tolist() == ["digit", "name"]
@@ -74,7 +79,7 @@ def test_comparison_counts_on_known_predictions(tmp_path):
     labels = [0, 1, 2, 3, 4, 5]
     cnn = _result("nb-cnn", "mnist", labels, [0, 1, 2, 3, 9, 9])  # wrong on 4 and 5
     ann = _result("nb-ann", "mnist", labels, [0, 7, 7, 3, 4, 9], model="ann")  # wrong on 1, 2 and 5
-    table = compare.write_comparison([cnn, ann], str(tmp_path / "compare-nb"))
+    table = comparison.write_comparison([cnn, ann], str(tmp_path / "compare-nb"))
     assert {p.name for p in (tmp_path / "compare-nb").iterdir()} == COMPARISON_FILES
     assert table["errors"].tolist() == [2, 3]
     assert table["wrong_only_here"].tolist() == [1, 2] and table["right_only_here"].tolist() == [2, 1]
@@ -87,12 +92,12 @@ def test_comparison_counts_on_known_predictions(tmp_path):
 
 def test_run_ids_are_named_after_the_runs():
     sources = ["/r/cnn/best_checkpoint/model.pt", "s3://b/runs/ann/best_checkpoint/model.pt", "/r/x/model.pt"]
-    assert compare.run_ids(sources, "nb") == ["nb-cnn", "nb-ann", "nb-x"]
-    assert compare.run_ids(["/a/smoke/best_checkpoint/model.pt", "/b/smoke/best_checkpoint/model.pt"], "nb") == [
+    assert comparison.run_ids(sources, "nb") == ["nb-cnn", "nb-ann", "nb-x"]
+    assert comparison.run_ids(["/a/smoke/best_checkpoint/model.pt", "/b/smoke/best_checkpoint/model.pt"], "nb") == [
         "nb-smoke-1",
         "nb-smoke-2",
     ]
-    assert compare.label("/r/tiny/checkpoint_epoch_002/model.pt") == "tiny-checkpoint_epoch_002"
+    assert comparison.label("/r/tiny/checkpoint_epoch_002/model.pt") == "tiny-checkpoint_epoch_002"
 
 
 def _run(root: Path, name: str, dataset: str = "mnist") -> str:
@@ -125,11 +130,11 @@ def test_models_of_different_datasets_are_not_compared(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_ann(ray_session, tmp_path_factory):
     """A tiny ANN run with the suite's tiny settings: the notebook's other model."""
-    from mnist_ray import runner
-    from mnist_ray.config import RunOptions
+    from mnist_ray.settings.config import RunOptions
+    from mnist_ray.training import trainer
 
     opts = RunOptions(name="tiny-ann", output=str(tmp_path_factory.mktemp("ann-runs")))
-    return runner.train(TrainConfig(**TINY, model="ann"), opts)
+    return trainer.train(TrainConfig(**TINY, model="ann"), opts)
 
 
 def test_cnn_vs_ann_comparison_agrees_with_their_own_reports(tiny_run, tiny_ann, tmp_path, capsys):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mnist_ray.config import RunOptions, TrainConfig, load_config
 from mnist_ray.errors import ConfigError
+from mnist_ray.settings.config import RunOptions, TrainConfig, load_config
 
 
 @pytest.mark.parametrize(

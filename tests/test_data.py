@@ -164,8 +164,8 @@ def test_a_wheel_ships_the_mnist_files(tmp_path):
 
 
 def _checkpoint(folder, dataset: str, **kw):
-    from mnist_ray import checkpoints, models
-    from mnist_ray.config import TrainConfig
+    from mnist_ray.settings.config import TrainConfig
+    from mnist_ray.training import checkpoints, models
 
     config = TrainConfig(dataset=dataset).to_dict()
     model = models.build("cnn", seed=0)
@@ -176,14 +176,15 @@ def test_a_checkpoint_is_scored_with_the_statistics_it_was_trained_with(tmp_path
     """Saved beside the weights; the evaluation's Predictor normalises with them; older checkpoints get MNIST's."""
     import torch
 
-    from mnist_ray import checkpoints, evaluation
     from mnist_ray.errors import CheckpointError
+    from mnist_ray.inference import scoring
+    from mnist_ray.training import checkpoints
 
     fashion = data.DATASET_INFO["fashion-mnist"].normalization
     state = checkpoints.load(_checkpoint(tmp_path, "fashion-mnist"))
     assert state["normalization"] == {"mean": 0.2860, "std": 0.3530} and checkpoints.normalization(state) == fashion
     images = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
-    predictor = evaluation.Predictor({"path": str(tmp_path / "model.pt")})
+    predictor = scoring.Predictor({"path": str(tmp_path / "model.pt")})
     model = checkpoints.build_model(state)
     with torch.inference_mode():
         expected = torch.log_softmax(model(data.normalize(images, fashion)), 1)

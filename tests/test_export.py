@@ -18,10 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_ray import checkpoints, cli, data, evaluation, models, storage
-from mnist_ray import export as lib
-from mnist_ray.config import TrainConfig
+from mnist_ray import data
+from mnist_ray.files import storage
+from mnist_ray.inference import export as lib
+from mnist_ray.inference import scoring
 from mnist_ray.jobs import export
+from mnist_ray.settings import cli
+from mnist_ray.settings.config import TrainConfig
+from mnist_ray.training import checkpoints, models
 from tests.conftest import REPO
 from tests.helpers import assert_one_line_error, call
 from tests.s3 import make_bucket
@@ -64,7 +68,7 @@ def checkpoint(tmp_path_factory, arrays) -> str:
 @pytest.fixture(scope="module")
 def reference(checkpoint, arrays) -> np.ndarray:
     """The checkpoint's log-probabilities on the 10k test images, from the evaluation job's own scorer."""
-    return evaluation.Predictor({"path": checkpoint}, threads=torch.get_num_threads()).log_probs(arrays.test_x).numpy()
+    return scoring.Predictor({"path": checkpoint}, threads=torch.get_num_threads()).log_probs(arrays.test_x).numpy()
 
 
 @pytest.fixture(scope="module")

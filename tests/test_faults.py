@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from mnist_ray import runner
-from mnist_ray.config import RunOptions, TrainConfig
+from mnist_ray.settings.config import RunOptions, TrainConfig
+from mnist_ray.training import trainer
 from tests import helpers
 from tests.conftest import REPO, REPORT_FILES, TINY
 
@@ -42,12 +42,14 @@ def test_lost_worker_restarts_from_last_checkpoint_and_says_so_in_one_line(tmp_p
         if metrics["epoch"] == 4:
             final_workers.extend(_alive_train_workers())
 
-    caplog.set_level("WARNING", logger="mnist_ray.runner")
-    caplog.set_level("DEBUG", logger="mnist_ray.output")  # last: the capture handler takes this level
-    out = runner.train(TrainConfig(**SLOWER), RunOptions(name="lost", output=str(tmp_path), max_failures=2), on_epoch)
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_ray.runner"]
+    caplog.set_level("WARNING", logger="mnist_ray.training.trainer")
+    caplog.set_level("DEBUG", logger="mnist_ray.ray_workarounds.output")  # last: the capture handler takes this level
+    out = trainer.train(TrainConfig(**SLOWER), RunOptions(name="lost", output=str(tmp_path), max_failures=2), on_epoch)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_ray.training.trainer"]
     # Ray's raylet dump about the dead worker reached the driver, but only its debug log, not the output.
-    assert any("ray: A worker died" in r.getMessage() for r in caplog.records if r.name == "mnist_ray.output")
+    assert any(
+        "ray: A worker died" in r.getMessage() for r in caplog.records if r.name == "mnist_ray.ray_workarounds.output"
+    )
     shown = capfd.readouterr()
     assert "(raylet)" not in shown.out + shown.err and "A worker died" not in shown.out + shown.err
     assert len(lines) == 1 and re.match(r"lost worker rank \d", lines[0]), lines
@@ -148,7 +150,7 @@ def test_killed_evaluation_leaves_no_partial_report(tmp_path, cluster_env, tiny_
     _kill_after_line(proc, "evaluating", delay=2.0)
     report = tmp_path / "cut"
     assert not report.exists() or {p.name for p in report.iterdir()} == REPORT_FILES
-    from mnist_ray import storage
+    from mnist_ray.files import storage
 
     assert not report.exists() or storage.is_complete(str(report))
 
@@ -198,7 +200,7 @@ def test_ray_processes_started_by_the_tests_listen_on_loopback_only():
 def test_the_lost_worker_line_says_when_the_restarts_are_used_up():
     """The controller-side callback's lines, without a run: restarts counted, then the last one gives up."""
     lines: list[dict] = []
-    callback = runner._QueueCallback(SimpleNamespace(put_nowait=lines.append), max_failures=1)
+    callback = trainer._QueueCallback(SimpleNamespace(put_nowait=lines.append), max_failures=1)
     callback.after_report(None, [{"epoch": 3}], None)
     callback.after_exception(None, {1: RuntimeError("Connection reset by peer\nmore detail")})
     callback.after_exception(None, {0: RuntimeError("again")})

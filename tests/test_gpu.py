@@ -21,10 +21,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mnist_ray import checkpoints, data, models, optim, runner, training
-from mnist_ray.config import RunOptions, TrainConfig, load_config
+from mnist_ray import data
 from mnist_ray.errors import ConfigError
-from mnist_ray.training import GpuSpeed
+from mnist_ray.settings.config import RunOptions, TrainConfig, load_config
+from mnist_ray.training import checkpoints, models, optim, trainer, worker
+from mnist_ray.training.worker import GpuSpeed
 from tests.conftest import REPO
 from tests.helpers import call
 
@@ -55,14 +56,14 @@ def gpu_ray():
     """A local Ray holding this machine's GPU for this module, shut down after it."""
     import ray
 
-    from mnist_ray import cluster
+    from mnist_ray.cluster import connection
 
     if ray.is_initialized():  # e.g. the suite's ray_session in the same process: it has no GPU
         if ray.cluster_resources().get("GPU", 0) < 1:
             pytest.skip("this process already runs a Ray without a GPU: run `pytest -m gpu tests/test_gpu.py` alone")
         yield ray
         return
-    cluster.connect(num_cpus=4)
+    connection.connect(num_cpus=4)
     assert ray.cluster_resources().get("GPU", 0) >= 1, f"Ray found no GPU: {ray.cluster_resources()}"
     yield ray
     ray.shutdown()
@@ -73,7 +74,7 @@ def gpu_run(gpu_ray, tmp_path_factory):
     """A real 1-worker Ray Train run on the GPU: (config, outputs, progress reports)."""
     cfg = TrainConfig(**GPU_TINY, use_gpu=True, num_workers=1)
     epochs: list[dict] = []
-    out = runner.train(cfg, RunOptions(name="gpu1", output=str(tmp_path_factory.mktemp("gpu1"))), epochs.append)
+    out = trainer.train(cfg, RunOptions(name="gpu1", output=str(tmp_path_factory.mktemp("gpu1"))), epochs.append)
     return cfg, out, epochs
 
 
@@ -102,7 +103,7 @@ class TestOnGpu:
     def test_two_workers_share_the_gpu_through_gloo(self, gpu_ray, tmp_path):
         """0.5 GPU each and gloo (NCCL refuses two ranks on one GPU): shards, DDP, all-reduce, rank-0 checkpoint."""
         cfg = TrainConfig(**GPU_TINY, use_gpu=True, num_workers=2, gpus_per_worker=0.5, ddp_backend="gloo")
-        out = runner.train(cfg, RunOptions(name="gpu2", output=str(tmp_path)))
+        out = trainer.train(cfg, RunOptions(name="gpu2", output=str(tmp_path)))
         assert_learned_on_gpu(pd.read_parquet(out.history), cfg.epochs)
         state = checkpoints.load(out.best_checkpoint)
         assert {k: state["config"][k] for k in ("num_workers", "gpus_per_worker", "ddp_backend")} == {
@@ -134,13 +135,13 @@ class TestOnGpu:
         _, out, _ = gpu_run
         device = torch.device("cuda")
         model = checkpoints.build_model(checkpoints.load(out.best_checkpoint))
-        model = training.place_model(model, device, GpuSpeed())  # channels_last, as trained
+        model = worker.place_model(model, device, GpuSpeed())  # channels_last, as trained
         x = data.normalize(data.load("mnist").test_x[:4096]).to(device)
         seen: list[torch.dtype] = []
         model[0].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
         with torch.no_grad():
             fp32 = model(x)
-            with training.autocast(x):
+            with worker.autocast(x):
                 bf16 = model(x)
         assert seen == [torch.float32, torch.bfloat16]  # the first convolution really ran in bf16
         diff = (bf16.float() - fp32).abs()
@@ -152,17 +153,17 @@ class TestOnGpu:
         """torch's sync debug mode flags every synchronising call (item, float, blocking copies) in an epoch."""
         cfg = TrainConfig(**{**GPU_TINY, "batch_size": 256}, use_gpu=True, num_workers=1)
         device, speed = torch.device("cuda"), GpuSpeed()
-        x, y = training.shard(*val_split(replace(cfg, val_size=4096)), 0, 1, device, equal=True)
-        model = training.place_model(models.build("cnn", seed=0), device, speed)
-        optimizer = training.gpu_optimizer(model, cfg, device, speed)
-        training.train_steps(model, optimizer, x, y, cfg, 0, training.epoch_generator(cfg, 0, 0, device, speed))
+        x, y = worker.shard(*val_split(replace(cfg, val_size=4096)), 0, 1, device, equal=True)
+        model = worker.place_model(models.build("cnn", seed=0), device, speed)
+        optimizer = worker.gpu_optimizer(model, cfg, device, speed)
+        worker.train_steps(model, optimizer, x, y, cfg, 0, worker.epoch_generator(cfg, 0, 0, device, speed))
         torch.cuda.synchronize()  # warm-up done: cuDNN autotuning, optimizer state, allocator
-        gen = training.epoch_generator(cfg, 1, 0, device, speed)
+        gen = worker.epoch_generator(cfg, 1, 0, device, speed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                loss_sum, correct, _ = training.train_steps(model, optimizer, x, y, cfg, 1, gen)
+                loss_sum, correct, _ = worker.train_steps(model, optimizer, x, y, cfg, 1, gen)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         # torch warns once that the debug mode itself is a prototype; every other such warning is a host sync.
@@ -198,11 +199,11 @@ def test_the_training_step_reads_nothing_back_to_the_host():
     """An epoch of steps as the GPU runs them (augmentation, fused AdamW): no value read back, no data-dependent
     shape. A CPU cannot show blocking copies; the gpu test above catches those with torch's sync debug mode."""
     cfg = TrainConfig(**CPU_TINY, label_smoothing=0.1)
-    x, y = training.shard(*val_split(replace(cfg, val_size=256)), 0, 1, torch.device("cpu"), equal=True)
+    x, y = worker.shard(*val_split(replace(cfg, val_size=256)), 0, 1, torch.device("cpu"), equal=True)
     model = models.build("cnn", seed=0)
-    optimizer = training.build_optimizer(model, cfg, fused=True)  # GPU default: state steps stay on the device
+    optimizer = worker.build_optimizer(model, cfg, fused=True)  # GPU default: state steps stay on the device
     with HostReads() as reads:
-        loss_sum, correct, _ = training.train_steps(model, optimizer, x, y, cfg, 0, torch.Generator().manual_seed(0))
+        loss_sum, correct, _ = worker.train_steps(model, optimizer, x, y, cfg, 0, torch.Generator().manual_seed(0))
     assert reads.seen == []
     assert 0 < float(correct) <= len(x) and float(loss_sum) > 0
     with HostReads() as reads:  # the detector itself: each of these would stall a GPU step
@@ -214,7 +215,7 @@ def test_autocast_is_off_on_a_cpu():
     model, x = models.build("cnn", seed=0).eval(), torch.randn(8, 1, 28, 28)
     with torch.no_grad():
         plain = model(x)
-        with training.autocast(x):
+        with worker.autocast(x):
             cast = model(x)
     assert cast.dtype == torch.float32 and torch.equal(cast, plain)
 
@@ -228,18 +229,18 @@ def test_gpu_switches_leave_a_cpu_run_unchanged():
     cfg = TrainConfig(**CPU_TINY)
     off = GpuSpeed(fused_optimizer=False, cudnn_benchmark=False, device_rng=False)
     cpu = torch.device("cpu")
-    nchw = training.place_model(models.build("cnn", seed=0), cpu, GpuSpeed(channels_last=False))
+    nchw = worker.place_model(models.build("cnn", seed=0), cpu, GpuSpeed(channels_last=False))
     assert nchw[4].weight.is_contiguous() and not nchw[4].weight.is_contiguous(memory_format=torch.channels_last)
     runs, arrays = [], data.load("mnist")
     for speed in (GpuSpeed(compile="default"), off):
         train_idx, val_idx = data.split_train_val(len(arrays.train_x), cfg.val_size, cfg.seed, cfg.train_limit)
-        train = training.shard(arrays.train_x[train_idx], arrays.train_y[train_idx], 0, 1, cpu, equal=True)
-        val = training.shard(arrays.train_x[val_idx], arrays.train_y[val_idx], 0, 1, cpu, equal=False)
-        model = training.place_model(models.build("cnn", seed=cfg.seed), cpu, speed)
-        optimizer = training.gpu_optimizer(model, cfg, cpu, speed)
-        assert training.forward_fn(model, cpu, speed) is model and not optimizer.defaults.get("fused")
+        train = worker.shard(arrays.train_x[train_idx], arrays.train_y[train_idx], 0, 1, cpu, equal=True)
+        val = worker.shard(arrays.train_x[val_idx], arrays.train_y[val_idx], 0, 1, cpu, equal=False)
+        model = worker.place_model(models.build("cnn", seed=cfg.seed), cpu, speed)
+        optimizer = worker.gpu_optimizer(model, cfg, cpu, speed)
+        assert worker.forward_fn(model, cpu, speed) is model and not optimizer.defaults.get("fused")
         assert model[4].weight.is_contiguous(memory_format=torch.channels_last) and not model[4].weight.is_contiguous()
-        metrics = training.fit_epoch(model, model, optimizer, train, val, cfg, 0, speed=speed)
+        metrics = worker.fit_epoch(model, model, optimizer, train, val, cfg, 0, speed=speed)
         runs.append([metrics[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")])
         assert "gpu_max_allocated_mb" not in metrics
     assert runs[0] == runs[1]
@@ -288,12 +289,12 @@ def test_profiled_writes_a_table_only_when_asked(tmp_path, monkeypatch):
     """bench/gpu/profile.py's evidence: the profiled block's operators land in <dir>/<name>.txt, and only then."""
     x = torch.randn(64, 1, 28, 28)
     model = models.build("cnn", seed=0)
-    with training.profiled("off", active=True):  # no $MNIST_RAY_PROFILE_DIR: nothing is written anywhere
+    with worker.profiled("off", active=True):  # no $MNIST_RAY_PROFILE_DIR: nothing is written anywhere
         model(x)
-    monkeypatch.setenv(training.PROFILE_ENV, str(tmp_path / "prof"))
-    with training.profiled("not_this_epoch", active=False):
+    monkeypatch.setenv(worker.PROFILE_ENV, str(tmp_path / "prof"))
+    with worker.profiled("not_this_epoch", active=False):
         model(x)
-    with training.profiled("plain", active=True):
+    with worker.profiled("plain", active=True):
         model(x)
     assert sorted(p.name for p in (tmp_path / "prof").iterdir()) == ["plain.txt"]
     table = (tmp_path / "prof" / "plain.txt").read_text()

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from mnist_ray import cli
-from mnist_ray.config import TrainConfig
 from mnist_ray.errors import ConfigError
 from mnist_ray.jobs import evaluate, train, tune
+from mnist_ray.settings import cli
+from mnist_ray.settings.config import TrainConfig
 from tests.helpers import assert_one_line_error, call, run_job
 
 JOBS = {"train": train.main, "tune": tune.main, "evaluate": evaluate.main}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_ray import cli, layout
-from mnist_ray.config import TrainConfig, load_with_request
+from mnist_ray.cluster import layout
+from mnist_ray.cluster.layout import Node
 from mnist_ray.errors import ConfigError
 from mnist_ray.jobs import evaluate, train
-from mnist_ray.layout import Node
+from mnist_ray.settings import cli
+from mnist_ray.settings.config import TrainConfig, load_with_request
 
 CPU2, CPU16, GPU = Node(2, 0), Node(16, 0), Node(8, 1)
 AUTO = layout.Request(frozenset(layout.FIELDS), frozenset(layout.GPU_RECIPE))

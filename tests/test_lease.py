@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_ray import lease, storage
+from mnist_ray.files import lease, storage
 from tests import helpers
 from tests.conftest import REPO
 from tests.s3 import make_bucket
@@ -64,9 +64,9 @@ def test_a_live_holder_blocks_and_a_killed_one_is_taken_over(tmp_path, caplog):
     finally:
         proc.kill()
         proc.wait()
-    caplog.set_level("WARNING", logger="mnist_ray.lease")
+    caplog.set_level("WARNING", logger="mnist_ray.files.lease")
     held = lease.acquire(folder, "run s")  # its pid is dead: taken over with one warning line
-    warnings = [r.getMessage() for r in caplog.records if r.name == "mnist_ray.lease"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mnist_ray.files.lease"]
     assert len(warnings) == 1 and warnings[0].startswith("warning: took over run s from a job that is gone")
     assert f"pid {proc.pid} is not running" in warnings[0]
     held.release()
@@ -121,7 +121,7 @@ def test_an_s3_lease_is_refreshed_and_a_stale_one_taken_over_by_its_etag(s3_serv
     storage.write_text(lease.lease_path(folder), json.dumps({**body, "host": "elsewhere", "boot_id": "x"}))
     monkeypatch.setattr(lease, "STALE_AFTER_S", 1.0)
     time.sleep(2.5)  # ... judged by S3's own clock (Last-Modified against Date)
-    caplog.set_level("WARNING", logger="mnist_ray.lease")
+    caplog.set_level("WARNING", logger="mnist_ray.files.lease")
     taken = lease.acquire(folder, "run s")
     assert any("not refreshed for" in r.getMessage() for r in caplog.records)
     taken.release()

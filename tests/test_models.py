@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_ray import models, optim
 from mnist_ray.errors import ConfigError
+from mnist_ray.training import models, optim
 
 
 @pytest.mark.parametrize("name", ["ann", "cnn"])

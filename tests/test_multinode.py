@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from mnist_ray import storage
+from mnist_ray.files import storage
 from tests.conftest import REPO
 from tests.s3 import make_bucket
 

@@ -1,4 +1,4 @@
-"""Tests for mnist_ray.plots: every figure is a readable PNG written atomically."""
+"""Tests for mnist_ray.reports.plots: every figure is a readable PNG written atomically."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from mnist_ray import plots
+from mnist_ray.reports import plots
 
 
 def _check_png(path: Path, written: Path) -> None:

@@ -14,10 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mnist_ray import checkpoints, data, evaluation, models, storage
-from mnist_ray import predict as lib
-from mnist_ray.config import TrainConfig
+from mnist_ray import data
+from mnist_ray.files import storage
+from mnist_ray.inference import predict as lib
+from mnist_ray.inference import scoring
 from mnist_ray.jobs import predict
+from mnist_ray.settings.config import TrainConfig
+from mnist_ray.training import checkpoints, models
 from tests.conftest import MNIST
 from tests.helpers import assert_one_line_error, call
 from tests.s3 import make_bucket
@@ -35,8 +38,8 @@ def test_images() -> np.ndarray:
 def reference(tiny_run, test_images, tmp_path_factory) -> pd.DataFrame:
     """The evaluation path's predictions for the same images: what every copy must get back."""
     test = data.write_test(tmp_path_factory.mktemp("reference"), test_images, np.zeros(N, np.int64))
-    prep = evaluation.prepare(tiny_run[2].best_checkpoint, test=test)
-    return evaluation.predict(prep, actors=1).predictions
+    prep = scoring.prepare(tiny_run[2].best_checkpoint, test=test)
+    return scoring.predict(prep, actors=1).predictions
 
 
 def png(array: np.ndarray, mode: str = "L", size: int = 28) -> bytes:

@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 
 from mnist_ray import head
-from mnist_ray.cluster import DASHBOARD_PORT, GCS_PORT, LOOPBACK, reachable
+from mnist_ray.cluster.connection import DASHBOARD_PORT, GCS_PORT, LOOPBACK, reachable
 from tests.conftest import REPO
 
 README = REPO / "README.md"

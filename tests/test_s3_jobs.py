@@ -11,8 +11,10 @@ import uuid
 import pandas as pd
 import pytest
 
-from mnist_ray import checkpoints, evaluation, storage
+from mnist_ray.files import storage
+from mnist_ray.inference import scoring
 from mnist_ray.jobs import evaluate, train
+from mnist_ray.training import checkpoints
 from tests.conftest import REPORT_FILES
 from tests.helpers import assert_one_line_error, call
 from tests.s3 import make_bucket
@@ -44,7 +46,7 @@ def test_train_with_every_output_on_s3_then_evaluate_there(prefix, capsys):
     assert len(_parquet(f"{run}/history.parquet")) == 1
 
     # the nightly evaluation of what the cluster trained into s3://, reports on s3://
-    assert evaluation.resolve_checkpoint(models_dir=runs) == f"{run}/{checkpoints.BEST}"
+    assert scoring.resolve_checkpoint(models_dir=runs) == f"{run}/{checkpoints.BEST}"
     args = ["--models-dir", runs, "--reports", reports, "--run-id", "nightly", "--actors", "1"]
     result = call(evaluate.main, capsys, *args, "--min-accuracy", "0.5")
     assert result.returncode == 0, result.stderr[-3000:]

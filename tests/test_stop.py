@@ -2,7 +2,7 @@
 
 Each test runs a real job process and sends it a real signal. Ray's own handlers (``ray.init``'s, a local head's,
 the core worker's C++ failure handler) would give exit 1, 15 or 134 and a stack dump: these tests fail if a Ray
-upgrade installs one after :func:`mnist_ray.stop.reinstall`.
+upgrade installs one after :func:`mnist_ray.cluster.stop.reinstall`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""mnist_ray.storage on local paths and on a real S3 API (moto on loopback): no Ray, a few seconds."""
+"""mnist_ray.files.storage on local paths and on a real S3 API (moto on loopback): no Ray, a few seconds."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from mnist_ray import storage
-from mnist_ray.storage import MANIFEST, StorageError
+from mnist_ray.files import storage
+from mnist_ray.files.storage import MANIFEST, StorageError
 from tests import s3
 
 s3_server = s3.s3_server  # the session fixture, registered for this module (conftest may import it too)

@@ -19,10 +19,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mnist_ray import tracking
-from mnist_ray.config import TrainConfig
 from mnist_ray.errors import ConfigError
 from mnist_ray.jobs import evaluate, train, tune
+from mnist_ray.reports import tracking
+from mnist_ray.settings.config import TrainConfig
 from tests.conftest import REPO, REPORT_FILES, TINY
 from tests.helpers import JobResult, assert_one_line_error, call, mlflow_artifacts, mlflow_client, mlflow_history
 

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mnist_ray import checkpoints, optim, runner, training
-from mnist_ray.config import RunOptions, TrainConfig
 from mnist_ray.errors import ConfigError, ResourceError
+from mnist_ray.settings.config import RunOptions, TrainConfig
+from mnist_ray.training import checkpoints, optim, trainer, worker
 from tests.helpers import alive_actors
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -46,16 +46,16 @@ def test_best_checkpoint_loads_safely_and_rebuilds_the_model(tiny_run):
 def test_resume_with_another_model_is_refused(tiny_run):
     cfg, opts, _, _ = tiny_run
     with pytest.raises(ConfigError, match="exists with model='cnn', not 'ann'.*new --name"):
-        runner.train(dataclasses.replace(cfg, model="ann"), opts)
+        trainer.train(dataclasses.replace(cfg, model="ann"), opts)
 
 
 def test_layout_larger_than_cluster_fails_fast():
     with pytest.raises(ResourceError, match="need 8 CPUs but the cluster has 2: use --num-workers 2"):
-        runner.check_fits(TrainConfig(num_workers=8, batch_size=64))
+        trainer.check_fits(TrainConfig(num_workers=8, batch_size=64))
     with pytest.raises(ResourceError, match="--use-gpu needs 2 GPUs"):
-        runner.check_fits(TrainConfig(use_gpu=True, num_workers=2))
+        trainer.check_fits(TrainConfig(use_gpu=True, num_workers=2))
     with pytest.raises(ResourceError, match="--use-gpu needs 1 GPU \\(0.5 per worker\\)"):
-        runner.check_fits(TrainConfig(use_gpu=True, num_workers=2, gpus_per_worker=0.5, ddp_backend="gloo"))
+        trainer.check_fits(TrainConfig(use_gpu=True, num_workers=2, gpus_per_worker=0.5, ddp_backend="gloo"))
 
 
 def test_onecycle_schedule_warms_up_then_decays():
@@ -81,7 +81,7 @@ def test_a_failing_progress_callback_leaks_no_thread_or_actor(tiny_run, tmp_path
 
     cfg = dataclasses.replace(tiny_run[0], epochs=1)
     with pytest.raises(RuntimeError, match="progress display broke"):
-        runner.train(cfg, RunOptions(name="boom", output=str(tmp_path)), on_epoch=boom)
+        trainer.train(cfg, RunOptions(name="boom", output=str(tmp_path)), on_epoch=boom)
     assert not [t for t in threading.enumerate() if t.name == "mnist-ray-fit"]
     deadline = time.time() + 15  # ray.kill is asynchronous
     while alive_actors("_QueueActor"):
@@ -91,7 +91,7 @@ def test_a_failing_progress_callback_leaks_no_thread_or_actor(tiny_run, tmp_path
 
 def test_augmentation_keeps_shape_and_background():
     x = torch.full((4, 1, 28, 28), -0.1307 / 0.3081)
-    out = training.random_affine(x, torch.Generator().manual_seed(0))
+    out = worker.random_affine(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and torch.allclose(out, x, atol=1e-5)  # a blank image stays blank
 
 
@@ -107,5 +107,5 @@ def test_checkpoints_ray_no_longer_tracks_are_pruned(tiny_run, tmp_path):
     (copy / "checkpoint_epoch_099").mkdir()  # persisted by workers, never registered by the controller
     tracked = [(SimpleNamespace(path=str(copy / name)), {}) for name in kept]
     result = SimpleNamespace(best_checkpoints=tracked, checkpoint=tracked[-1][0])
-    assert runner.prune_checkpoints(result, str(copy)) == ["checkpoint_epoch_099"]
+    assert trainer.prune_checkpoints(result, str(copy)) == ["checkpoint_epoch_099"]
     assert sorted(d.name for d in copy.glob("checkpoint_epoch_*")) == kept

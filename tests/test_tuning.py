@@ -16,10 +16,12 @@ import pytest
 from matplotlib import image
 from ray import tune as tune_lib
 
-from mnist_ray import checkpoints, storage, tracking, tuning
-from mnist_ray.config import RunOptions, TrainConfig, load_config
 from mnist_ray.errors import ConfigError, ResourceError
+from mnist_ray.files import storage
 from mnist_ray.jobs import tune
+from mnist_ray.reports import tracking
+from mnist_ray.settings.config import RunOptions, TrainConfig, load_config
+from mnist_ray.training import checkpoints, sweep
 from tests import helpers
 from tests.conftest import REPO, TINY
 from tests.helpers import call, cluster_env, mlflow_artifacts, mlflow_client, mlflow_history
@@ -28,16 +30,16 @@ from tests.s3 import make_bucket
 pytestmark = pytest.mark.usefixtures("ray_session")
 # Guard only: a sweep that does not end within SWEEP_TIMEOUT_S fails its test instead of hanging the suite. The Tune
 # deadlock these sweeps once met (a trial's last report still in flight when its function returned) is fixed in
-# mnist_ray.tuning.run_trial and reproduced by the slow-driver test below; no test is rerun. These sweeps take 28-51 s
-# here (a 4-trial sweep job with its own Ray: 45-64 s), so the limit is 3x the slowest.
+# mnist_ray.training.sweep.run_trial and reproduced by the slow-driver test below; no test is rerun. These sweeps
+# take 28-51 s here (a 4-trial sweep job with its own Ray: 45-64 s), so the limit is 3x the slowest.
 SWEEP_TIMEOUT_S = 150
 BASE = TrainConfig(**{**TINY, "epochs": 2})
 TINY_FLAGS = ["--epochs", "2", "--train-limit", "2048", "--val-size", "512", "--batch-size", "64", "--no-augment"]
 
 
-def _sweep(tmp_path, name: str, space: tuning.SearchSpace, mlflow_uri: str = "", **options) -> tuning.SweepResult:
+def _sweep(tmp_path, name: str, space: sweep.SearchSpace, mlflow_uri: str = "", **options) -> sweep.SweepResult:
     run = RunOptions(name=name, output=str(tmp_path), mlflow_uri=mlflow_uri)
-    return tuning.sweep(tuning.preflight(BASE, space, tuning.SweepOptions(**options), run), run)
+    return sweep.sweep(sweep.preflight(BASE, space, sweep.SweepOptions(**options), run), run)
 
 
 def _sampled(sweep_dir: Path) -> dict[str, dict]:
@@ -53,7 +55,7 @@ def _sampled(sweep_dir: Path) -> dict[str, dict]:
 @pytest.mark.timeout(SWEEP_TIMEOUT_S, method="signal")
 def test_sweep_of_four_trials_on_two_cpus_tracked_in_mlflow(tmp_path):
     """Four sampled trials, two at a time, with MLflow on (one sweep for both: each costs ~40 s)."""
-    space = tuning.SearchSpace(lr_min=1e-3, lr_max=1e-2, optimizers=("adam", "sgd"))
+    space = sweep.SearchSpace(lr_min=1e-3, lr_max=1e-2, optimizers=("adam", "sgd"))
     uri = tracking.check(f"sqlite:///{tmp_path}/mlflow.db")
     out = _sweep(tmp_path, "four", space, mlflow_uri=uri, num_samples=4)
     trials = pd.read_parquet(out.trials)
@@ -76,7 +78,7 @@ def test_sweep_of_four_trials_on_two_cpus_tracked_in_mlflow(tmp_path):
     _check_tracked_sweep(uri, out, trials, tmp_path / "four")
 
 
-def _check_tracked_sweep(uri: str, out: tuning.SweepResult, trials: pd.DataFrame, sweep_dir: Path) -> None:
+def _check_tracked_sweep(uri: str, out: sweep.SweepResult, trials: pd.DataFrame, sweep_dir: Path) -> None:
     """Ray Tune's MLflowLoggerCallback: one run per trial (config, each epoch, Tune's files); a run of the sweep."""
     client = mlflow_client(uri)
     experiment = client.get_experiment_by_name(tracking.sweep_experiment(sweep_dir.name)).experiment_id
@@ -124,22 +126,22 @@ def test_a_sweep_job_on_s3_whose_asha_stops_a_poor_trial_early(capsys):
 
 def test_impossible_layout_fails_fast():
     with pytest.raises(ResourceError, match="3 workers per trial need 3 CPUs but the cluster has 2"):
-        tuning.fit_layout(BASE, trials=4, workers=3)
-    assert tuning.fit_layout(BASE, trials=4, workers=None)[1] == 2  # 2 CPUs: two 1-worker trials at once
+        sweep.fit_layout(BASE, trials=4, workers=3)
+    assert sweep.fit_layout(BASE, trials=4, workers=None)[1] == 2  # 2 CPUs: two 1-worker trials at once
     with pytest.raises(ConfigError, match="batch size 63 must be a multiple"):
-        tuning.fit_layout(BASE.with_updates(batch_size=63, num_workers=1), trials=1, workers=2)
+        sweep.fit_layout(BASE.with_updates(batch_size=63, num_workers=1), trials=1, workers=2)
 
 
 def test_resume_or_new_name_is_checked_before_ray(tmp_path):
     run = RunOptions(name="x", output=str(tmp_path))
     with pytest.raises(ConfigError, match="no sweep to resume"):
-        tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(resume=True), run)
+        sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(resume=True), run)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "sweep.json").write_text("{}")
     with pytest.raises(ConfigError, match="exists: pass --resume"):
-        tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(), run)
+        sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(), run)
     with pytest.raises(ConfigError, match="sweep.json is damaged"):
-        tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(resume=True), run)
+        sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(resume=True), run)
 
 
 def test_a_resumed_sweep_keeps_its_reuse_actors_choice(tmp_path):
@@ -148,11 +150,11 @@ def test_a_resumed_sweep_keeps_its_reuse_actors_choice(tmp_path):
     spec = {"base": BASE.to_dict(), "space": {}, "workers": 1, "sweep": {"num_samples": 3, "reuse_actors": True}}
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "sweep.json").write_text(json.dumps(spec))
-    plan = tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(resume=True), run)
+    plan = sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(resume=True), run)
     assert plan.options.reuse_actors and plan.options.num_samples == 3 and plan.options.resume
     del spec["sweep"]["reuse_actors"]
     (tmp_path / "saved" / "sweep.json").write_text(json.dumps(spec))
-    plan = tuning.preflight(BASE, tuning.SearchSpace(), tuning.SweepOptions(resume=True, reuse_actors=True), run)
+    plan = sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(resume=True, reuse_actors=True), run)
     assert not plan.options.reuse_actors  # the saved definition wins over today's flags
 
 
@@ -167,9 +169,9 @@ def test_a_resumed_sweep_keeps_its_reuse_actors_choice(tmp_path):
 )
 def test_bad_search_spaces_are_refused(space, message):
     with pytest.raises(ConfigError, match=message):
-        tuning.SearchSpace(**space)
+        sweep.SearchSpace(**space)
     with pytest.raises(ConfigError, match="reduction-factor > 1"):
-        tuning.SweepOptions(reduction_factor=float("nan"))
+        sweep.SweepOptions(reduction_factor=float("nan"))
 
 
 def _tune_cmd(tmp_path, *extra):
@@ -259,8 +261,8 @@ def test_a_trial_whose_last_report_waits_on_a_slow_driver_does_not_hang_the_swee
     its closing result in that queue, and ``step`` then blocks forever putting the last report behind it.
     """
     run = RunOptions(name="slowdriver", output=str(tmp_path))
-    space = tuning.SearchSpace(lr_values=(3e-3,), optimizers=("adam",))
-    plan = tuning.preflight(BASE, space, tuning.SweepOptions(num_samples=1, max_concurrent=1), run)
-    out = tuning.sweep(plan, run, callbacks=(_SlowDriver(delay_s=25.0),))
+    space = sweep.SearchSpace(lr_values=(3e-3,), optimizers=("adam",))
+    plan = sweep.preflight(BASE, space, sweep.SweepOptions(num_samples=1, max_concurrent=1), run)
+    out = sweep.sweep(plan, run, callbacks=(_SlowDriver(delay_s=25.0),))
     trials = pd.read_parquet(out.trials)
     assert len(trials) == 1 and trials["epochs_completed"].tolist() == [2]

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from mnist_ray import checkpoints, data, models, training
-from mnist_ray.config import TrainConfig
-from mnist_ray.training import GpuSpeed
+from mnist_ray import data
+from mnist_ray.settings.config import TrainConfig
+from mnist_ray.training import checkpoints, models, worker
+from mnist_ray.training.worker import GpuSpeed
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = Path(os.environ.get("GPU_BENCH_OUT", REPO / "bench" / "results"))
@@ -69,8 +70,8 @@ def load(file: str) -> dict:
 def splits(cfg: TrainConfig, arrays: data.Arrays, dev: torch.device) -> tuple[tuple, tuple]:
     """The run's train and validation splits on ``dev``, exactly as a 1-worker Ray Train run holds them."""
     train_idx, val_idx = data.split_train_val(len(arrays.train_x), cfg.val_size, cfg.seed, cfg.train_limit)
-    train = training.shard(arrays.train_x[train_idx], arrays.train_y[train_idx], 0, 1, dev, equal=True)
-    val = training.shard(arrays.train_x[val_idx], arrays.train_y[val_idx], 0, 1, dev, equal=False)
+    train = worker.shard(arrays.train_x[train_idx], arrays.train_y[train_idx], 0, 1, dev, equal=True)
+    val = worker.shard(arrays.train_x[val_idx], arrays.train_y[val_idx], 0, 1, dev, equal=False)
     return train, val
 
 
@@ -84,15 +85,15 @@ def plain_fit(
     models.set_cpu_threads(cfg.cpus_per_worker)
     dev = device()
     train, val = splits(cfg, arrays, dev)
-    model = training.place_model(models.build(cfg.model, cfg.dropout, seed=cfg.seed), dev, speed)
-    optimizer = training.gpu_optimizer(model, cfg, dev, speed)
-    forward = training.forward_fn(model, dev, speed)
+    model = worker.place_model(models.build(cfg.model, cfg.dropout, seed=cfg.seed), dev, speed)
+    optimizer = worker.gpu_optimizer(model, cfg, dev, speed)
+    forward = worker.forward_fn(model, dev, speed)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     history = []
     for epoch in range(epochs or cfg.epochs):
-        with training.profiled("plain", active=epoch == 1):  # only with $MNIST_RAY_PROFILE_DIR (bench.gpu.profile)
-            history.append(training.fit_epoch(model, forward, optimizer, train, val, cfg, epoch, 0, 1, speed))
+        with worker.profiled("plain", active=epoch == 1):  # only with $MNIST_RAY_PROFILE_DIR (bench.gpu.profile)
+            history.append(worker.fit_epoch(model, forward, optimizer, train, val, cfg, epoch, 0, 1, speed))
     return model, history
 
 
@@ -102,7 +103,7 @@ def test_metrics(model: torch.nn.Module, arrays: data.Arrays, bf16: bool = False
     model.eval()
     dev = next(model.parameters()).device
     x, y = data.normalize(arrays.test_x).to(dev), torch.from_numpy(arrays.test_y).to(dev)
-    with training.autocast(x, bf16):
+    with worker.autocast(x, bf16):
         logits = torch.cat([model(x[i : i + 2000]).float() for i in range(0, len(x), 2000)])
     loss = torch.nn.functional.cross_entropy(logits, y)
     return {"test_accuracy": float((logits.argmax(1) == y).double().mean()), "test_loss": round(float(loss), 5)}

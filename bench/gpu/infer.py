@@ -1,4 +1,4 @@
-"""Ray Data batch inference on the GPU: images/s of ``evaluation.predict(use_gpu=True)`` against a plain loop.
+"""Ray Data batch inference on the GPU: images/s of ``scoring.predict(use_gpu=True)`` against a plain loop.
 
     python -m bench.gpu.infer [--dry-run]
 
@@ -20,7 +20,10 @@ import numpy as np
 import torch
 
 from bench.gpu import common
-from mnist_ray import checkpoints, cluster, data, evaluation, models, training
+from mnist_ray import data
+from mnist_ray.cluster import connection
+from mnist_ray.inference import scoring
+from mnist_ray.training import checkpoints, models, worker
 
 HUGE = 10
 """The last pass is the 100k set this many times over (1M images): long enough for the pipeline's rate to show."""
@@ -46,15 +49,15 @@ def plain(state: dict, images: np.ndarray, batch: int, use_gpu: bool) -> float:
     start = time.perf_counter()
     for i in range(0, len(images), batch):
         x = data.normalize(images[i : i + batch]).to(dev)
-        with training.autocast(x):
+        with worker.autocast(x):
             model(x).float().argmax(1).cpu()
     return len(images) / (time.perf_counter() - start)
 
 
-def timed_predict(prep: evaluation.Prepared, use_gpu: bool, batch: int) -> tuple[float, float]:
+def timed_predict(prep: scoring.Prepared, use_gpu: bool, batch: int) -> tuple[float, float]:
     """(seconds, accuracy) of one Ray Data pass over ``prep``'s test images."""
     start = time.perf_counter()
-    ev = evaluation.predict(prep, use_gpu=use_gpu, actors=1, batch_size=batch)
+    ev = scoring.predict(prep, use_gpu=use_gpu, actors=1, batch_size=batch)
     return time.perf_counter() - start, float(ev.predictions["correct"].mean())
 
 
@@ -65,18 +68,18 @@ def main() -> None:
     args = p.parse_args()
     use_gpu = torch.cuda.is_available() and not args.dry_run
     ckpt = find_checkpoint()
-    prep = evaluation.prepare(str(ckpt))
+    prep = scoring.prepare(str(ckpt))
     test = data.load()
     x, y = (test.test_x[:1000], test.test_y[:1000]) if args.dry_run else (test.test_x, test.test_y)
 
-    def tiled(times: int) -> tuple[evaluation.Prepared, np.ndarray]:
+    def tiled(times: int) -> tuple[scoring.Prepared, np.ndarray]:
         """The test set ``times`` over, as IDX files the pipeline reads, and as the plain loop's array."""
         images = np.tile(x, (times, 1, 1))
         files = data.write_test(common.WORK / f"test_x{times}", images, np.tile(y, times))
-        return evaluation.Prepared(prep.checkpoint, prep.state, files), images
+        return scoring.Prepared(prep.checkpoint, prep.state, files), images
 
     base, images = tiled(1)
-    cluster.connect(num_cpus=4 if use_gpu else 2)
+    connection.connect(num_cpus=4 if use_gpu else 2)
     first_s, accuracy = timed_predict(base, use_gpu, args.batch_size)
     result = {
         "checkpoint": str(ckpt),

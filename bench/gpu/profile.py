@@ -2,7 +2,7 @@
 
     python -m bench.gpu.profile [--dry-run]
 
-Sets ``$MNIST_RAY_PROFILE_DIR`` (``training.profiled``), trains 2 epochs of ``--preset gpu`` in a plain loop in
+Sets ``$MNIST_RAY_PROFILE_DIR`` (``worker.profiled``), trains 2 epochs of ``--preset gpu`` in a plain loop in
 this process, then runs ``jobs/train.py --preset gpu --epochs 3`` (its own local Ray, which passes the variable
 to the worker). Each profiles its second epoch. Both tables, and each epoch's images/s (the profiled one
 included, slowed by the profiler), go to gpu_profile.txt in the results folder: the Ray/plain ratio's evidence.
@@ -15,9 +15,10 @@ import os
 from dataclasses import replace
 
 from bench.gpu import common
-from mnist_ray import data, training
-from mnist_ray.config import load_config
-from mnist_ray.training import GpuSpeed
+from mnist_ray import data
+from mnist_ray.settings.config import load_config
+from mnist_ray.training import worker
+from mnist_ray.training.worker import GpuSpeed
 
 DRY_FLAGS = ["--preset", "smoke", "--epochs", "3", "--num-workers", "1"]
 
@@ -28,7 +29,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=90, help="kill the Ray job after this many seconds")
     args = p.parse_args()
     folder = common.fresh_dir(common.WORK / "profile")
-    os.environ[training.PROFILE_ENV] = str(folder)
+    os.environ[worker.PROFILE_ENV] = str(folder)
     cfg = load_config("smoke" if args.dry_run else "gpu")
     cfg = replace(cfg, num_workers=1) if args.dry_run else cfg
     flags = DRY_FLAGS if args.dry_run else ["--preset", "gpu", "--epochs", "3"]

@@ -27,8 +27,8 @@ import torch
 
 from bench.gpu import common
 from mnist_ray import data
-from mnist_ray.config import load_config
-from mnist_ray.training import GpuSpeed
+from mnist_ray.settings.config import load_config
+from mnist_ray.training.worker import GpuSpeed
 
 PRESET = load_config("gpu")
 ALL_ON = GpuSpeed()

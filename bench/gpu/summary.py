@@ -113,7 +113,7 @@ STARTUP_PROBES = {
     "import torch": "import torch",
     "import torch + CUDA context": "import torch; torch.ones(1).to('cuda' if torch.cuda.is_available() else 'cpu')",
     "import ray": "import ray",
-    "import mnist_ray.runner": "import mnist_ray.runner",
+    "import mnist_ray.training.trainer": "import mnist_ray.training.trainer",
     "ray.init + shutdown (all CPUs)": "import ray; ray.init(address='local', include_dashboard=False); ray.shutdown()",
 }
 """Fresh-process costs that every job (driver) and Train worker pays before its first step, each timed alone."""

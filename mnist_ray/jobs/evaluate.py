@@ -13,9 +13,13 @@ import functools
 import sys
 from dataclasses import dataclass, replace
 
-from mnist_ray import cli, cluster, compare, evaluation, layout, lease, reports, stop, storage, tracking
-from mnist_ray.config import DEFAULT_REPORTS, RayOptions, Tracking, check_range, validate_fields
+from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, ConfigError
+from mnist_ray.files import lease, storage
+from mnist_ray.inference import scoring
+from mnist_ray.reports import comparison, report, tracking
+from mnist_ray.settings import cli
+from mnist_ray.settings.config import DEFAULT_REPORTS, RayOptions, Tracking, check_range, validate_fields
 
 emit = functools.partial(print, flush=True)
 
@@ -68,22 +72,22 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_fields(p.add_argument_group("tracking"), Tracking, Tracking())
     args = p.parse_args(argv)
     opts, ray_opts = cli.build(EvalOptions, args), cli.build(RayOptions, args)
-    cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
+    connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     mlflow_uri = tracking.check(cli.build(Tracking, args).mlflow_uri)  # MLflow installed, store usable
-    base = opts.run_id or reports.new_run_id()
-    sources = compare.resolve(opts.checkpoint, opts.run, opts.models_dir)
-    run_ids = compare.run_ids(sources, base) if len(sources) > 1 else [base]
-    targets = [reports.check_run_dir(opts.reports, run_id, opts.overwrite) for run_id in run_ids]
-    joint = reports.check_run_dir(opts.reports, compare.PREFIX + base, opts.overwrite) if len(sources) > 1 else None
+    base = opts.run_id or report.new_run_id()
+    sources = comparison.resolve(opts.checkpoint, opts.run, opts.models_dir)
+    run_ids = comparison.run_ids(sources, base) if len(sources) > 1 else [base]
+    targets = [report.check_run_dir(opts.reports, run_id, opts.overwrite) for run_id in run_ids]
+    joint = report.check_run_dir(opts.reports, comparison.PREFIX + base, opts.overwrite) if len(sources) > 1 else None
     folders = [*targets, *([joint] if joint else [])]
-    prepared = compare.prepare_all(sources, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
+    prepared = comparison.prepare_all(sources, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
     storage.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
     published: list[str] = []
     with (
         lease.holding(folders, [f"report {f}" for f in folders]),
         stop.next_step(lambda: _stop_note(published, folders)),
     ):
-        cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
+        connection.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
         use_gpu, actors, chosen = layout.inference(opts.use_gpu, opts.actors)
         if chosen:
             emit(chosen)
@@ -113,19 +117,19 @@ def _stop_note(published: list[str], folders: list[str]) -> str:
     return done + (f"; not published: {', '.join(rest)} ({again})" if rest else "")
 
 
-def _compare(results: list[compare.Result], target: str, overwrite: bool) -> None:
+def _compare(results: list[comparison.Result], target: str, overwrite: bool) -> None:
     """Write the comparison of the models' results; print one line per model and where the comparison is."""
-    table = compare.write_comparison(results, target, overwrite)
+    table = comparison.write_comparison(results, target, overwrite)
     for r in table.itertuples():
         alone = f"{r.wrong_only_here} that only it gets wrong, {r.right_only_here} that only it gets right"
         emit(f"{r.run_id} ({r.model}): accuracy {r.accuracy:.2%}, {r.errors} errors ({alone})")
     emit(f"comparison: {target}\nsummary: {storage.join(target, 'summary.md')}")
 
 
-def _evaluate(prep: evaluation.Prepared, target: str, opts: EvalOptions, ray_opts: RayOptions) -> compare.Result:
+def _evaluate(prep: scoring.Prepared, target: str, opts: EvalOptions, ray_opts: RayOptions) -> comparison.Result:
     """Score one prepared checkpoint and write its own report; print its figures and where the report is."""
     emit(f"evaluating {prep.checkpoint}")
-    ev, m = reports.score_and_report(
+    ev, m = report.score_and_report(
         prep,
         target,
         opts.overwrite,

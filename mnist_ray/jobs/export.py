@@ -14,8 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_ray import checkpoints, cli, evaluation, export, lease, reports, stop, storage
-from mnist_ray.config import validate_fields
+from mnist_ray.cluster import stop
+from mnist_ray.files import lease, storage
+from mnist_ray.inference import export, scoring
+from mnist_ray.reports import report
+from mnist_ray.settings import cli
+from mnist_ray.settings.config import validate_fields
+from mnist_ray.training import checkpoints
 
 emit = functools.partial(print, flush=True)
 
@@ -41,7 +46,7 @@ class ExportOptions:
     """pt2 (torch.export program), onnx (needs the [onnx] extra) or all."""
 
     def __post_init__(self) -> None:
-        evaluation.check_one_source(self.checkpoint, self.run, self.models_dir)
+        scoring.check_one_source(self.checkpoint, self.run, self.models_dir)
         export.parse_formats(self.format)
         validate_fields(self)
 
@@ -54,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     formats = export.parse_formats(opts.format)
     if "onnx" in formats:
         export.check_onnx_available()
-    output = opts.output or storage.join(DEFAULT_EXPORTS, reports.new_run_id())
+    output = opts.output or storage.join(DEFAULT_EXPORTS, report.new_run_id())
     target = storage.check_new_folder(output, opts.overwrite)
-    checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
+    checkpoint = scoring.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
     state = checkpoints.load(checkpoint)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail here, before any write
     storage.check_writable(storage.parent(target), "--output")  # the first write, after every other check

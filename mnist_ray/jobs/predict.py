@@ -14,9 +14,14 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_ray import checkpoints, cli, cluster, evaluation, layout, lease, pipeline, predict, reports, stop, storage
-from mnist_ray.config import RayOptions, validate_fields
+from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.errors import ConfigError
+from mnist_ray.files import lease, storage
+from mnist_ray.inference import pipeline, predict, scoring
+from mnist_ray.reports import report
+from mnist_ray.settings import cli
+from mnist_ray.settings.config import RayOptions, validate_fields
+from mnist_ray.training import checkpoints
 
 emit = functools.partial(print, flush=True)
 
@@ -55,7 +60,7 @@ class PredictOptions:
     """Images per inference batch of a GPU actor (a CPU task scores its whole unit, in chunks of 256)."""
 
     def __post_init__(self) -> None:
-        evaluation.check_one_source(self.checkpoint, self.run, self.models_dir)
+        scoring.check_one_source(self.checkpoint, self.run, self.models_dir)
         if self.invert not in predict.INVERT:
             raise ConfigError(f"--invert must be one of {', '.join(predict.INVERT)}, got {self.invert!r}")
         validate_fields(self)
@@ -70,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     opts, ray_opts = cli.build(PredictOptions, args), cli.build(RayOptions, args)
     if not opts.input:
         raise ConfigError("pass --input: a folder of images, an image, a Parquet or an IDX file (path or URI)")
-    cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before reading anything
-    output = opts.output or storage.join(DEFAULT_PREDICTIONS, reports.new_run_id())
+    connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before reading anything
+    output = opts.output or storage.join(DEFAULT_PREDICTIONS, report.new_run_id())
     target = storage.check_new_folder(output, opts.overwrite)
-    checkpoint = evaluation.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
+    checkpoint = scoring.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
     state = checkpoints.load(checkpoint, dataset=opts.dataset)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a Ray task
     files = predict.discover(opts.input)  # names only: a missing or empty input is bad input, before Ray
@@ -87,9 +92,9 @@ _NOTHING_PUBLISHED = "nothing was published (predictions.parquet is written whol
 
 def _predict(opts: PredictOptions, ray_opts: RayOptions, target: str, checkpoint: str, state, files) -> int:
     """Once the output's lease is held: Ray, then reading, scoring and writing on Ray Data, then publishing."""
-    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
+    connection.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
     if not storage.is_uri(target):
-        cluster.check_single_node("--output", target)
+        connection.check_single_node("--output", target)
     use_gpu, actors, chosen = layout.inference(opts.use_gpu, opts.actors)
     if chosen:
         emit(chosen)

@@ -12,8 +12,13 @@ import functools
 import resource
 from dataclasses import dataclass, replace
 
-from mnist_ray import checkpoints, cli, cluster, data, layout, lease, reports, runner, stop, storage, tracking
-from mnist_ray.config import DEFAULT_REPORTS, RayOptions, RunOptions, TrainConfig, check_name
+from mnist_ray import data
+from mnist_ray.cluster import connection, layout, stop
+from mnist_ray.files import lease, storage
+from mnist_ray.reports import report, tracking
+from mnist_ray.settings import cli
+from mnist_ray.settings.config import DEFAULT_REPORTS, RayOptions, RunOptions, TrainConfig, check_name
+from mnist_ray.training import checkpoints, trainer
 
 emit = functools.partial(print, flush=True)
 
@@ -56,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, check everything that needs no Ray, connect, train, print where the outputs are."""
     settings = parse(argv)
     opts, after = settings.opts, settings.after
-    cluster.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
+    connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     opts = replace(opts, mlflow_uri=tracking.check(opts.mlflow_uri) or None)  # MLflow installed, store usable
-    report_id = f"{opts.name}-{reports.new_run_id()}"
+    report_id = f"{opts.name}-{report.new_run_id()}"
     # A resumed run keeps the layout it started with; a new one decides its auto fields once Ray is up.
-    cfg, request = layout.adopt(settings.cfg, settings.layout, runner.previous_config(opts.run_dir))
-    arrays = runner.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
+    cfg, request = layout.adopt(settings.cfg, settings.layout, trainer.previous_config(opts.run_dir))
+    arrays = trainer.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
     if after.evaluate:
         check_name("report id", report_id)
         storage.check_writable(after.reports, "--reports")
@@ -78,18 +83,18 @@ def resume_note(opts: RunOptions) -> str:
 def _train(settings: Settings, arrays: data.Arrays, report_id: str) -> int:
     """Once the run's lease is held: connect, decide the auto layout, train, write the outputs, optionally evaluate."""
     opts, after, ray_opts = settings.opts, settings.after, settings.ray
-    cluster.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
+    connection.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
     cfg, chosen = layout.resolve(settings.cfg, settings.layout)
     if chosen:
         emit(chosen)
     emit(headline(cfg, opts))
-    out = runner.train(cfg, opts, runner.progress_printer(cfg, emit), arrays)
+    out = trainer.train(cfg, opts, trainer.progress_printer(cfg, emit), arrays)
     print_outputs(out)
     if out.mlflow_run_id:
         emit(f"{'mlflow run':>16}: {out.mlflow_run_id} in {opts.mlflow_uri}")
     if after.evaluate:
         use_gpu, actors, _ = layout.inference(layout.AUTO, layout.AUTO)
-        folder, m = reports.evaluate_to_report(
+        folder, m = report.evaluate_to_report(
             out.best_checkpoint,
             after.reports,
             report_id,
@@ -113,7 +118,7 @@ def headline(cfg: TrainConfig, opts: RunOptions) -> str:
     )
 
 
-def print_outputs(out: runner.TrainOutputs) -> None:
+def print_outputs(out: trainer.TrainOutputs) -> None:
     """The best epoch, peak memory, and one line per output file."""
     m = out.best_metrics
     driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -10,8 +10,12 @@ from typing import Any
 import pandas as pd
 from ray.train import Checkpoint
 
-from mnist_ray import checkpoints, plots, storage
-from mnist_ray.config import TrainConfig
+from mnist_ray.files import storage
+
+from mnist_ray.reports import plots
+
+from mnist_ray.training import checkpoints
+from mnist_ray.settings.config import TrainConfig
 from mnist_ray.errors import MnistRayError
 
 TOP_CURVES = 3

@@ -17,8 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_ray import data, evaluation, plots, storage
-from mnist_ray.config import check_name
+from mnist_ray import data
+
+from mnist_ray.files import storage
+
+from mnist_ray.inference import scoring
+
+from mnist_ray.reports import plots
+from mnist_ray.settings.config import check_name
 from mnist_ray.errors import MnistRayError
 
 log = logging.getLogger(__name__)
@@ -40,7 +46,7 @@ def check_run_dir(reports: str, run_id: str, overwrite: bool) -> str:
 
 
 def write_report(
-    ev: evaluation.Evaluation,
+    ev: scoring.Evaluation,
     target: str,
     started_at: str,
     seconds: float,
@@ -50,9 +56,9 @@ def write_report(
     """Write every report file for ``ev`` into ``target`` (complete or absent) and rebuild the history."""
     info = data.DATASET_INFO[ev.dataset]
     preds = ev.predictions
-    matrix = evaluation.confusion(preds)
-    errors, classes = named(evaluation.digit_errors(preds), info), named(evaluation.per_class(matrix), info)
-    summary = evaluation.summary_metrics(preds)
+    matrix = scoring.confusion(preds)
+    errors, classes = named(scoring.digit_errors(preds), info), named(scoring.per_class(matrix), info)
+    summary = scoring.summary_metrics(preds)
     metrics = {
         "run_id": target.rstrip("/").rsplit("/", 1)[-1],
         "checkpoint": ev.checkpoint,
@@ -107,7 +113,7 @@ def confusion_frame(matrix: np.ndarray, info: data.DatasetInfo) -> pd.DataFrame:
 
 
 def _figures(
-    ev: evaluation.Evaluation, matrix: np.ndarray, errors: pd.DataFrame, info: data.DatasetInfo, tmp: Path
+    ev: scoring.Evaluation, matrix: np.ndarray, errors: pd.DataFrame, info: data.DatasetInfo, tmp: Path
 ) -> None:
     """The report's PNGs: confusion matrix, errors per class and the most confident mistakes, classes by name."""
     title = f"{ev.model} on {ev.dataset} test set"
@@ -131,25 +137,25 @@ def evaluate_to_report(
     """Check the report folder, load the checkpoint, score it and write its report; Ray must be initialised.
 
     For callers that have done neither check before Ray (train --evaluate, tests); the evaluation job does them
-    before Ray starts and calls :func:`score_and_report`. ``kwargs`` go to :func:`mnist_ray.evaluation.predict`.
+    before Ray starts and calls :func:`score_and_report`. ``kwargs`` go to :func:`mnist_ray.inference.scoring.predict`.
     """
     target = check_run_dir(reports, run_id, overwrite)
-    prep = evaluation.prepare(checkpoint, data_dir=data_dir)
+    prep = scoring.prepare(checkpoint, data_dir=data_dir)
     return target, score_and_report(prep, target, overwrite, **kwargs)[1]
 
 
 def score_and_report(
-    prep: evaluation.Prepared,
+    prep: scoring.Prepared,
     target: str,
     overwrite: bool = False,
     min_accuracy: float | None = None,
     **predict_kwargs: Any,
-) -> tuple[evaluation.Evaluation, dict[str, Any]]:
+) -> tuple[scoring.Evaluation, dict[str, Any]]:
     """Score a prepared checkpoint with Ray Data and write its report to ``target``; returns the predictions (a
     comparison of models reuses them) and the report's metrics."""
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    ev = evaluation.predict(prep, **predict_kwargs)
+    ev = scoring.predict(prep, **predict_kwargs)
     return ev, write_report(ev, target, started_at, time.perf_counter() - start, overwrite, min_accuracy)
 
 

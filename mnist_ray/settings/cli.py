@@ -23,9 +23,17 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from mnist_ray import layout, stop
-from mnist_ray.config import CHOICES, PRESETS, RayOptions, RunOptions, TrainConfig, load_config, load_with_request
+from mnist_ray.cluster import layout, stop
 from mnist_ray.errors import EXIT_USAGE, MnistRayError
+from mnist_ray.settings.config import (
+    CHOICES,
+    PRESETS,
+    RayOptions,
+    RunOptions,
+    TrainConfig,
+    load_config,
+    load_with_request,
+)
 
 STOPPED_EXIT_S = 2.0
 """After a stop signal the process is gone within this many seconds, even if Ray's shutdown hangs."""
@@ -91,7 +99,7 @@ def add_fields(
 
     With ``keep_unset`` every flag defaults to None, so the caller can tell flags given from flags
     left out (TrainConfig flags override a preset and a --config file only when given). Fields named in
-    ``auto``, and fields whose default is ``"auto"``, also take the value ``auto`` (:mod:`mnist_ray.layout`).
+    ``auto``, and fields whose default is ``"auto"``, also take the value ``auto`` (:mod:`mnist_ray.cluster.layout`).
     """
     hints = typing.get_type_hints(cls)
     docs = {**field_docs(cls), **(help_overrides or {})}
@@ -214,7 +222,7 @@ def _stopped(exc: BaseException) -> int:
 def main(job: Callable[[list[str] | None], int]) -> typing.NoReturn:
     """Entry point of ``jobs/*.py``: log to stdout, run ``job`` on ``sys.argv``, exit with its code.
 
-    Stop signals are handled from here on (:mod:`mnist_ray.stop`). After one, the exit is bounded: Ray's own
+    Stop signals are handled from here on (:mod:`mnist_ray.cluster.stop`). After one, the exit is bounded: Ray's own
     shutdown runs, but a job server SIGKILLs a driver that is not gone within its stop grace (3 s by default).
     """
     stop.install()

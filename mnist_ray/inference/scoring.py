@@ -16,9 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_ray import checkpoints, cluster, data, models, output, pipeline, storage
-from mnist_ray.config import DEFAULT_RUNS
+from mnist_ray import data
+from mnist_ray.cluster import connection
 from mnist_ray.errors import CheckpointError, ConfigError, ResourceError
+from mnist_ray.files import storage
+from mnist_ray.inference import pipeline
+from mnist_ray.ray_workarounds import output
+from mnist_ray.settings.config import DEFAULT_RUNS
+from mnist_ray.training import checkpoints, models
 
 
 def check_one_source(checkpoint: str | None, run: str | None, models_dir: str | None) -> None:
@@ -146,12 +151,12 @@ def predict(
 ) -> Evaluation:
     """Score every test image with Ray Data, ``actors`` model replicas at once; Ray must be initialised.
 
-    Ray Data tasks read the test files in ``actors`` slices (:mod:`mnist_ray.pipeline`); only the predictions come
-    back. ``progress`` turns on Ray Data's per-operator progress output; ``pool`` is :func:`score`'s.
+    Ray Data tasks read the test files in ``actors`` slices (:mod:`mnist_ray.inference.pipeline`); only the predictions
+    come back. ``progress`` turns on Ray Data's per-operator progress output; ``pool`` is :func:`score`'s.
     """
     units = pipeline.idx_units(prep.test.images, prep.test.labels, prep.test.n, max(1, actors))
     scored = score(units, True, prep.checkpoint, prep.state, Predictor, use_gpu, actors, batch_size, progress, pool)
-    with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
+    with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.ray_workarounds.output)
         predictions = scored.to_pandas().sort_values("index", ignore_index=True)
     predictions["correct"] = predictions["label"] == predictions["predicted"]
     return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], prep.test)
@@ -169,8 +174,8 @@ def score(
     progress: bool = False,
     pool: str | None = None,
 ) -> Any:
-    """The images of ``units`` (:func:`mnist_ray.pipeline.dataset`; ``local``: files on the driver's disk) mapped
-    through ``fn``, ``actors`` replicas at once.
+    """The images of ``units`` (:func:`mnist_ray.inference.pipeline.dataset`; ``local``: files on the driver's disk)
+    mapped through ``fn``, ``actors`` replicas at once.
 
     ``fn`` is :class:`Predictor` or a subclass (the prediction job's). ``pool`` is ``"tasks"`` on CPUs and
     ``"actors"`` (a pool of ``actors`` replicas) with ``use_gpu``: Ray runs a GPU function's process for one call
@@ -187,7 +192,7 @@ def score(
     ray.data.DataContext.get_current().enable_progress_bars = progress
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if progress else logging.ERROR)
-    local_only = not storage.is_uri(checkpoint) and cluster.alive_nodes() > 1
+    local_only = not storage.is_uri(checkpoint) and connection.alive_nodes() > 1
     source = {"ref": [ray.put(state)]} if local_only else {"path": checkpoint}
     pool = pool or ("actors" if use_gpu else "tasks")
     if pool not in ("tasks", "actors"):

@@ -3,9 +3,9 @@
 The driver turns its input into *units* of work, names and metadata only: a group of image files, one row group
 of a Parquet file, or a slice of the IDX test set. Ray Data tasks on the cluster read each unit (local paths, or
 URIs through pyarrow filesystems), decode and frame its images with the project's own decoder
-(:mod:`mnist_ray.predict`; one bad file is a row with its reason, where ``ray.data.read_images`` would fail the
-whole dataset), and the evaluation's model replicas score them (:func:`mnist_ray.evaluation.score`). So the
-driver never holds the images, and every core of the cluster decodes.
+(:mod:`mnist_ray.inference.predict`; one bad file is a row with its reason, where ``ray.data.read_images`` would
+fail the whole dataset), and the evaluation's model replicas score them (:func:`mnist_ray.inference.scoring.score`).
+So the driver never holds the images, and every core of the cluster decodes.
 
 Rows keep the input's order: the datasets here run with ``preserve_order``, so block ``k`` of the output is
 written by write task ``k`` and part files named by task index list in input order (:func:`write`).
@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 from ray.data.datasource import FilenameProvider
 
-from mnist_ray import cluster, storage
+from mnist_ray.cluster import connection
+from mnist_ray.files import storage
 
 FILES_PER_UNIT = (16, 4096)
 """Fewest and most image files one read task decodes: about four units per replica in between, so a task's start
@@ -100,7 +101,7 @@ def dataset(units: list[dict[str, Any]], local: bool, tasks: int | None = None) 
     ctx.execution_options.preserve_order = True
     items = [{"unit": json.dumps(u)} for u in units]
     remote: dict[str, Any] = {}
-    if local and cluster.alive_nodes() > 1:
+    if local and connection.alive_nodes() > 1:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = ray.get_runtime_context().get_node_id()
@@ -119,7 +120,8 @@ def read_units(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _read_unit(unit: dict[str, Any]) -> dict[str, np.ndarray]:
     """The columns (row, source, image, error, label) of every image of one unit."""
-    from mnist_ray import data, predict
+    from mnist_ray import data
+    from mnist_ray.inference import predict
 
     if unit["kind"] == "idx":
         start, stop = unit["start"], unit["stop"]

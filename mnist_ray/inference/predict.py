@@ -5,7 +5,7 @@ or one file, each file being an image Pillow reads (PNG, JPEG, ...), an IDX imag
 Parquet file with an image column. Every image is decoded on the driver before Ray starts, so a batch with no
 readable image is bad input that costs no Ray work, and an unreadable file becomes one output row with its
 reason instead of stopping the batch. The 28x28 uint8 results are as small as the test set the evaluation
-scores, and go through the same Ray Data tasks (:func:`mnist_ray.evaluation.score`).
+scores, and go through the same Ray Data tasks (:func:`mnist_ray.inference.scoring.score`).
 
 Conversion to what the model was trained on (white digit on black, 28x28, MNIST's framing):
 
@@ -35,8 +35,11 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.fs as pafs
 
-from mnist_ray import data, evaluation, output, pipeline, storage
+from mnist_ray import data
 from mnist_ray.errors import DataError
+from mnist_ray.files import storage
+from mnist_ray.inference import pipeline, scoring
+from mnist_ray.ray_workarounds import output
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +297,7 @@ def _centre(digit: np.ndarray) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
-class ImagePredictor(evaluation.Predictor):
+class ImagePredictor(scoring.Predictor):
     """The evaluation's Ray Data predictor without labels: predicted class, its probability and the top 3.
 
     Rows the reader could not use (``error`` set) pass through with null predictions, so the output keeps one row
@@ -346,12 +349,12 @@ def predict(
 ) -> Counts:
     """Read, decode, frame and score ``files`` on Ray Data (Ray must be initialised) and write the predictions,
     in input order, as ``<staging>/predictions.parquet/part-*.parquet``; ``score`` goes to
-    :func:`mnist_ray.evaluation.score` (use_gpu, actors, batch_size, progress)."""
+    :func:`mnist_ray.inference.scoring.score` (use_gpu, actors, batch_size, progress)."""
     units = pipeline.file_units(files, column, invert, score.get("actors", 2))
     score["actors"] = min(score.get("actors", 2), len(units))  # never more replicas than units of work
     local = not any(storage.is_uri(f) for f in files)
-    scored = evaluation.score(units, local, checkpoint, state, ImagePredictor, **score)
-    with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.output)
+    scored = scoring.score(units, local, checkpoint, state, ImagePredictor, **score)
+    with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.ray_workarounds.output)
         pipeline.write(scored, storage.join(staging, FILENAME))
     return count(storage.join(staging, FILENAME))
 

@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass per concern, the single source of every setting.
 
 Each field is declared once, with its type, default and a docstring beneath it; the command-line
-flags, their help and their defaults are derived from these classes (:mod:`mnist_ray.cli`).
+flags, their help and their defaults are derived from these classes (:mod:`mnist_ray.settings.cli`).
 Config travels as dataclasses until the Ray boundary, where it becomes a plain dict (``asdict``)
 and is rebuilt inside each worker with :meth:`TrainConfig.from_dict`. Every check a user can
 fail runs in ``__post_init__`` by one rule per field (choices, finite numbers, ranges), so bad
@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from mnist_ray import layout, models, optim
+from mnist_ray.cluster import layout
 from mnist_ray.data import DATASET_INFO, TRAIN_IMAGES
 from mnist_ray.errors import ConfigError
+from mnist_ray.training import models, optim
 
 DEFAULT_RUNS = str(Path.home() / "mnist_ray" / "runs")
 """Where training runs and sweeps go unless --output says otherwise."""
@@ -132,7 +133,7 @@ class TrainConfig:
     dropout: float = 0.25
     """Dropout before the classifier head."""
     num_workers: int = 1
-    """Ray Train workers (data-parallel replicas); auto: one per GPU, else one per node (mnist_ray.layout)."""
+    """Ray Train workers (data-parallel replicas); auto: one per GPU, else one per node (mnist_ray.cluster.layout)."""
     cpus_per_worker: int = 1
     """CPUs reserved per worker, also its torch thread count; auto: the node's CPUs (1 with GPUs, at most 16)."""
     use_gpu: bool = False
@@ -236,7 +237,7 @@ def load_with_request(
     """:func:`load_config`, and what it left to the cluster: the fields that are ``auto`` or set by nobody.
 
     An auto layout field keeps the dataclass default (one CPU worker, which any batch splits over) until
-    :func:`mnist_ray.layout.resolve` decides it on the cluster.
+    :func:`mnist_ray.cluster.layout.resolve` decides it on the cluster.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
@@ -249,7 +250,7 @@ def load_with_request(
 
 def read_config_file(path: str) -> dict[str, Any]:
     """Read a JSON object of TrainConfig fields from a local path or URI; any damage is one ConfigError."""
-    from mnist_ray import storage
+    from mnist_ray.files import storage
 
     if not storage.is_file(path):
         raise ConfigError(f"config file {path} does not exist (or is not a file): pass a JSON file")
@@ -278,7 +279,7 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Tracking:
-    """Where a job logs its parameters, metrics and artifacts; see :mod:`mnist_ray.tracking`."""
+    """Where a job logs its parameters, metrics and artifacts; see :mod:`mnist_ray.reports.tracking`."""
 
     mlflow_uri: str | None = None
     """MLflow tracking URI, e.g. sqlite:///mlruns/mlflow.db or http://host:5000 (default: $MLFLOW_TRACKING_URI)."""
@@ -310,21 +311,21 @@ class RunOptions(Tracking):
     @property
     def storage(self) -> str:
         """Ray Train storage: explicit storage_path, else the output; local paths made absolute."""
-        from mnist_ray import storage
+        from mnist_ray.files import storage
 
         return storage.normalize(self.storage_path or self.output)
 
     @property
     def run_dir(self) -> str:
         """``<output>/<name>``, absolute for local paths, unchanged for URIs."""
-        from mnist_ray import storage
+        from mnist_ray.files import storage
 
         return storage.join(storage.normalize(self.output), self.name)
 
 
 @dataclass(frozen=True)
 class RayOptions:
-    """How a job reaches Ray; see :func:`mnist_ray.cluster.connect`."""
+    """How a job reaches Ray; see :func:`mnist_ray.cluster.connection.connect`."""
 
     num_cpus: int | None = None
     """CPUs for a new local Ray instance (ignored when joining a cluster); default: all of this machine's."""

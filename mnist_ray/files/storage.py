@@ -25,8 +25,8 @@ from pathlib import Path
 import pyarrow
 import pyarrow.fs as pafs
 
-from mnist_ray.atomic import atomic_dir, atomic_path, swap_in
 from mnist_ray.errors import MnistRayError
+from mnist_ray.files.atomic import atomic_dir, atomic_path, swap_in
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnist_ray import checkpoints, data, evaluation, models
+from mnist_ray import data
 from mnist_ray.errors import MnistRayError
+from mnist_ray.inference import scoring
+from mnist_ray.training import checkpoints, models
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,7 @@ def load_logits(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
 
 def reference_log_probs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
     """Log-probabilities of uint8 images (N, 28, 28) from the evaluation's own scorer, its preprocessing included."""
-    scorer = evaluation.Predictor({"path": checkpoint}, threads=torch.get_num_threads())
+    scorer = scoring.Predictor({"path": checkpoint}, threads=torch.get_num_threads())
     return scorer.log_probs(pixels).numpy()
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import ray
 from ray._common.utils import get_ray_address_file  # Ray's own rule: $RAY_TMPDIR, else $TMPDIR, else /tmp; + /ray
 
-from mnist_ray import gcs_probe, output, stop
+from mnist_ray.cluster import gcs_probe, stop
 from mnist_ray.errors import ResourceError
+from mnist_ray.ray_workarounds import output
 
 LOOPBACK = "127.0.0.1"
 GCS_PORT, DASHBOARD_PORT = 6379, 8265
@@ -251,8 +252,8 @@ def _loopback_only() -> None:
     By default Ray on Linux advertises, and binds its GCS, raylet, workers and dashboard agent to, this machine's
     interface address. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's switch for a loopback node: the environment
     variable reaches the processes Ray starts; Ray read it into a constant when it was imported, so the driver's
-    copy is set too. Torch's rendezvous follows the node address (``mnist_ray.rendezvous``). To serve other
-    machines, start a head with ``ray start`` instead.
+    copy is set too. Torch's rendezvous follows the node address (``mnist_ray.ray_workarounds.rendezvous``).
+    To serve other machines, start a head with ``ray start`` instead.
     """
     from ray._private import ray_constants
 

@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from mnist_ray.atomic import atomic_path
+from mnist_ray.files.atomic import atomic_path
 
 DPI = 100
 

@@ -1,6 +1,6 @@
 """Models compared on one test set: the notebook's ANN-vs-CNN comparison as one report.
 
-Each model gets its own evaluation report (:mod:`mnist_ray.reports`); the comparison puts them side by
+Each model gets its own evaluation report (:mod:`mnist_ray.reports.report`); the comparison puts them side by
 side in ``<reports>/compare-<run-id>/``, published the same way (complete or absent, manifest last):
 
 - ``comparison.parquet``: one row per model: its own report's metrics, its errors, and how many images
@@ -23,14 +23,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mnist_ray import checkpoints, data, evaluation, plots, reports, storage
+from mnist_ray import data
+
+from mnist_ray.files import storage
+
+from mnist_ray.inference import scoring
+
+from mnist_ray.reports import plots, report
+
+from mnist_ray.training import checkpoints
 from mnist_ray.errors import ConfigError
 
 PREFIX = "compare-"
 """A comparison of the models evaluated under run id X is ``<reports>/compare-X/``."""
 GALLERY = 16
 """Images per model in disagreements.png."""
-Result = tuple[evaluation.Evaluation, dict[str, Any]]
+Result = tuple[scoring.Evaluation, dict[str, Any]]
 """One model's predictions and the metrics its own report holds."""
 
 
@@ -38,8 +46,8 @@ def resolve(checkpoints_given: Sequence[str], runs: Sequence[str], models_dir: s
     """The checkpoint file of each --checkpoint and --run, in order (or the newest run's), each model once."""
     given = [("--checkpoint", c) for c in checkpoints_given] + [("--run", r) for r in runs]
     if not given:
-        return [evaluation.resolve_checkpoint(models_dir=models_dir)]
-    found = [evaluation.resolve_checkpoint(**{flag.lstrip("-"): value}) for flag, value in given]
+        return [scoring.resolve_checkpoint(models_dir=models_dir)]
+    found = [scoring.resolve_checkpoint(**{flag.lstrip("-"): value}) for flag, value in given]
     for i, path in enumerate(found):
         if path in found[:i]:
             first = found.index(path)
@@ -70,8 +78,8 @@ def run_ids(sources: Sequence[str], base: str) -> list[str]:
 
 def prepare_all(sources: Sequence[str], dataset: str | None = None, data_dir: str | None = None) -> list:
     """Load every checkpoint and the test set once (before Ray); refuse models trained on different datasets."""
-    first = evaluation.prepare(sources[0], dataset, data_dir)
-    prepared = [first] + [evaluation.prepare(s, dataset, test=first.test) for s in sources[1:]]
+    first = scoring.prepare(sources[0], dataset, data_dir)
+    prepared = [first] + [scoring.prepare(s, dataset, test=first.test) for s in sources[1:]]
     odd = [p for p in prepared if p.state["dataset"] != first.state["dataset"]]
     if odd:
         raise ConfigError(
@@ -142,9 +150,9 @@ def write_comparison(results: Sequence[Result], target: str, overwrite: bool = F
     table, disagree = comparison_table(results), disagreements(results, info)
     panels = []
     for ev, m in results:
-        errors = reports.named(evaluation.digit_errors(ev.predictions), info)
+        errors = report.named(scoring.digit_errors(ev.predictions), info)
         panels.append(
-            (f"{m['run_id']} ({m['model']}): {m['accuracy']:.2%}", evaluation.confusion(ev.predictions), errors)
+            (f"{m['run_id']} ({m['model']}): {m['accuracy']:.2%}", scoring.confusion(ev.predictions), errors)
         )
     with tempfile.TemporaryDirectory(prefix="mnist-ray-compare") as folder:
         tmp = Path(folder)

@@ -2,13 +2,14 @@
 
 Schedulers stop a job with SIGTERM (``ray job stop``, ``timeout``, systemd, Kubernetes) and a closed terminal sends
 SIGHUP. Each becomes :class:`Stopped`, a ``KeyboardInterrupt``: every ``finally`` runs, MLflow marks the run KILLED
-(:func:`mnist_ray.tracking.ended`), nothing half-written is published (writes are temp + rename, or a manifest
-last), and :func:`mnist_ray.cli.run` prints one line saying what happens next.
+(:func:`mnist_ray.reports.tracking.ended`), nothing half-written is published (writes are temp + rename, or a manifest
+last), and :func:`mnist_ray.settings.cli.run` prints one line saying what happens next.
 
 Ray installs its own handlers in the driver, and they would win otherwise: ``ray.init`` sets a Python SIGTERM
 handler (``sys.exit(15)``), a local head's node sets another (kill its processes, exit 1), and the core worker's
 C++ failure handler prints a stack dump and aborts (exit 134). :func:`install` runs before ``ray.init`` and again
-right after it (:func:`mnist_ray.cluster.connect`); Python's ``signal.signal`` replaces a C-level handler too.
+right after it (:func:`mnist_ray.cluster.connection.connect`); Python's ``signal.signal`` replaces a C-level
+handler too.
 ``tests/test_stop.py`` fails if a Ray upgrade installs a handler later than that.
 
 A sweep stops gracefully: while :func:`graceful` holds a hook (Tune's own interrupt), the first signal calls it

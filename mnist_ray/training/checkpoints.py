@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mnist_ray import data, models, storage
+from mnist_ray import data
 from mnist_ray.errors import CheckpointError
+from mnist_ray.files import storage
+from mnist_ray.training import models
 
 if TYPE_CHECKING:  # config imports this module's neighbours; only the annotation needs it
-    from mnist_ray.config import TrainConfig
+    from mnist_ray.settings.config import TrainConfig
 
 FILENAME = "model.pt"
 """The file inside every checkpoint folder."""
@@ -130,7 +132,7 @@ def _check_layout(state: Any, name: str) -> None:
     """The keys and types :func:`save` writes; a file that loads but lacks them is not our checkpoint."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{name} is not an mnist_ray checkpoint (format {FORMAT})")
-    from mnist_ray.config import CHOICES
+    from mnist_ray.settings.config import CHOICES
 
     kinds = {"model": str, "dataset": str, "config": dict, "epoch": int, "history": list, "state_dict": dict}
     bad = sorted(key for key, kind in kinds.items() if not isinstance(state.get(key), kind))

@@ -3,7 +3,7 @@
 ``train_loop_per_worker`` receives the config as a dict plus object-store references to the
 uint8 train/validation arrays; each worker keeps only its shard, normalised once into tensors.
 ``ray.train.report`` is the only place the loop talks to Ray; in a run tracked in MLflow, rank 0 also
-logs each reported epoch there (:func:`mnist_ray.tracking.worker_logger`).
+logs each reported epoch there (:func:`mnist_ray.reports.tracking.worker_logger`).
 
 On a GPU the step stays on the device: shards, shuffling and augmentation random numbers live
 there, and loss and accuracy are summed there, so the host reads a worker's figures once per
@@ -32,8 +32,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_ray import checkpoints, data, models, optim, tracking
-from mnist_ray.config import TrainConfig
+from mnist_ray import data
+from mnist_ray.reports import tracking
+from mnist_ray.settings.config import TrainConfig
+from mnist_ray.training import checkpoints, models, optim
 
 EVAL_BATCH = 1024
 PROFILE_ENV = "MNIST_RAY_PROFILE_DIR"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mnist_ray import storage
+from mnist_ray.files import storage
 from mnist_ray.errors import ConfigError
 
 EXPERIMENT = "mnist_ray"

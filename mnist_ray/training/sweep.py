@@ -1,7 +1,7 @@
 """Ray Tune sweeps over learning rate, optimizer and model, running the train job's own loop.
 
 Each trial is a Tune function trainable that builds the same ``TorchTrainer`` as the train job
-(:func:`mnist_ray.runner.make_trainer`) and reports through Ray Train's ``TuneReportCallback``;
+(:func:`mnist_ray.training.trainer.make_trainer`) and reports through Ray Train's ``TuneReportCallback``;
 ``Tuner(trainer)`` is deprecated and not used. ASHA stops poor trials early on validation accuracy.
 """
 
@@ -21,10 +21,14 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import ASHAScheduler
 
-from mnist_ray import checkpoints, cluster, data, optim, runner, stop, storage, sweep_report, tracking
-from mnist_ray import storage as storage_lib  # run_trial's parameter is named storage (Tune passes it by name)
-from mnist_ray.config import CHOICES, RunOptions, TrainConfig, parse_json_object
+from mnist_ray import data
+from mnist_ray.cluster import connection, stop
 from mnist_ray.errors import ConfigError, ResourceError
+from mnist_ray.files import storage
+from mnist_ray.files import storage as storage_lib  # run_trial's parameter is named storage (Tune passes it by name)
+from mnist_ray.reports import sweep_report, tracking
+from mnist_ray.settings.config import CHOICES, RunOptions, TrainConfig, parse_json_object
+from mnist_ray.training import checkpoints, optim, trainer
 
 log = logging.getLogger(__name__)
 METRIC = "val_acc"
@@ -169,7 +173,7 @@ def fit_layout(
                 f"and of --num-workers {base.num_workers} (used by best.json): pass --batch-size/--batch-sizes"
             )
     cfg = base.with_updates(num_workers=workers)
-    runner.check_fits(cfg)
+    trainer.check_fits(cfg)
     concurrency = min(trials, slots // workers)
     return cfg, min(concurrency, max_concurrent) if max_concurrent else concurrency
 
@@ -185,8 +189,8 @@ def run_trial(config: dict[str, Any], data_refs: dict[str, tuple], storage: str,
     # TuneReportCallback hands reports over through a second queue that Tune 2.60's step() drains into a result
     # queue of size 1: when this function returned before step() took the last report, Tune's closing result
     # filled that queue first and step() blocked forever (the sweep hung; tests/test_tuning.py reproduces it).
-    make = functools.partial(runner.make_trainer, cfg, opts, data_refs)
-    result = runner.fit_with_progress(lambda cbs: make(callbacks=cbs), tune.report, max_failures, in_step=True)
+    make = functools.partial(trainer.make_trainer, cfg, opts, data_refs)
+    result = trainer.fit_with_progress(lambda cbs: make(callbacks=cbs), tune.report, max_failures, in_step=True)
     if result.error:
         raise result.error
 
@@ -333,7 +337,7 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info, callbacks: tuple[tune.C
 
     ``callbacks``: more Tune callbacks on the driver (see :func:`make_tuner`).
     """
-    runner.check_storage(run)
+    trainer.check_storage(run)
     space, options = sp.space, sp.options
     trials = options.num_samples * space.trials
     cfg, concurrency = fit_layout(
@@ -344,16 +348,16 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info, callbacks: tuple[tune.C
         f"{cfg.cpus_per_worker} CPU each, {cfg.epochs} epochs, ASHA on {METRIC}"
     )
     start = time.perf_counter()
-    tuner = make_tuner(cfg, space, options, run, concurrency, runner.put_data(cfg, sp.arrays), callbacks)
+    tuner = make_tuner(cfg, space, options, run, concurrency, trainer.put_data(cfg, sp.arrays), callbacks)
     if not options.resume:
         spec = {"base": sp.base.to_dict(), "space": asdict(space), "workers": sp.workers, "sweep": asdict(options)}
         storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")
-    with cluster.PlacementGroupReaper(on_free=_say_freed), stop.graceful(_interrupt_tune):
+    with connection.PlacementGroupReaper(on_free=_say_freed), stop.graceful(_interrupt_tune):
         grid = tuner.fit()
     stop.check()  # a stop signal ended the sweep early: Tune saved its state; nothing is reported
     ended = time.perf_counter()
     wall_s = ended - start
-    _say_freed(cluster.free_orphaned_placement_groups())
+    _say_freed(connection.free_orphaned_placement_groups())
     log.debug("post-sweep placement-group check: %.1f s", time.perf_counter() - ended)
     out = SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
     return replace(out, mlflow_run_id=tracking.log_sweep(run, out))  # with --mlflow-uri: reports, best checkpoint

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mnist_ray import storage
 from mnist_ray.errors import MnistRayError
+from mnist_ray.files import storage
 
 log = logging.getLogger(__name__)
 

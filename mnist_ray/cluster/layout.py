@@ -13,7 +13,7 @@ saying what it chose and why. The rules:
   A worker uses at most :data:`MAX_THREADS` threads (one process of very many threads scales worse than two).
 - The global batch must split evenly: auto takes the largest worker count that divides it.
 - Explicit values win. A resumed run keeps the layout it started with (:func:`adopt`). A sweep keeps its own
-  per-trial rule (:func:`mnist_ray.tuning.fit_layout`); auto there only decides ``use_gpu``.
+  per-trial rule (:func:`mnist_ray.training.sweep.fit_layout`); auto there only decides ``use_gpu``.
 - With ``--wait-for-resources`` (an autoscaling cluster whose nodes may not exist yet) auto cannot see the
   layout to come: the job asks for an explicit ``--num-workers`` and ``--use-gpu`` / ``--no-use-gpu``.
 """
@@ -101,7 +101,7 @@ def resolve(cfg: Any, req: Request, found: list[Node] | None = None) -> tuple[An
     use_gpu = gpus >= 1 if "use_gpu" in req.auto else cfg.use_gpu
     changes: dict[str, Any] = {"use_gpu": use_gpu}
     if use_gpu and req.gpu_recipe:
-        from mnist_ray.config import PRESETS
+        from mnist_ray.settings.config import PRESETS
 
         changes.update({f: PRESETS["gpu"][f] for f in GPU_RECIPE})
     batch = changes.get("batch_size", cfg.batch_size)
