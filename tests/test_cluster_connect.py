@@ -184,7 +184,7 @@ def test_a_local_start_says_so_in_one_line(tmp_path):
     """
     ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
     code = (
-        "from mnist_ray import cluster; connection.connect(num_cpus=1); import ray\n"
+        "from mnist_ray.cluster import connection; connection.connect(num_cpus=1); import ray\n"
         "ray.get_actor('AutoscalingCoordinator', namespace='AutoscalingCoordinator'); ray.shutdown()"
     )
     try:

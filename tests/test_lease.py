@@ -19,7 +19,7 @@ from tests.conftest import REPO
 from tests.s3 import make_bucket
 
 HOLD = (
-    "import sys, time; from mnist_ray import lease; lease.acquire(sys.argv[1], 'run s'); "
+    "import sys, time; from mnist_ray.files import lease; lease.acquire(sys.argv[1], 'run s'); "
     "print('held', flush=True); time.sleep(600)"
 )
 

@@ -50,7 +50,8 @@ def test_without_a_uri_nothing_imports_mlflow():
     """Every job's modules, its flags parsed and the URI check passed, in a fresh interpreter: no MLflow."""
     code = (
         "import sys\n"
-        "from mnist_ray import runner, training, tuning, tracking, reports\n"
+        "from mnist_ray.training import trainer, worker, sweep\n"
+        "from mnist_ray.reports import report, tracking\n"
         "from mnist_ray.jobs import train, tune, evaluate\n"
         "train.parse(['--preset', 'smoke'])\n"
         "assert tracking.check(None) == ''\n"
