@@ -123,7 +123,7 @@ def test_a_missing_token_is_one_error_line(head):
 @pytest.mark.slow
 def test_a_job_joins_the_head_recorded_by_ray_start(head):
     """RAY_ADDRESS unset: ray.init() joins the head whose address ray start wrote on this machine, and says so."""
-    code = "from mnist_ray.cluster import connection; connection.connect(num_cpus=1)"  # num_cpus is for a local start only
+    code = "from mnist_ray.cluster import connection; connection.connect(num_cpus=1)"  # num_cpus: a local start's
     env = {**head.env, "RAY_TMPDIR": str(head.tmp_root)}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -4,105 +4,42 @@ Each field is declared once, with its type, default and a docstring beneath it; 
 flags, their help and their defaults are derived from these classes (:mod:`mnist_ray.settings.cli`).
 Config travels as dataclasses until the Ray boundary, where it becomes a plain dict (``asdict``)
 and is rebuilt inside each worker with :meth:`TrainConfig.from_dict`. Every check a user can
-fail runs in ``__post_init__`` by one rule per field (choices, finite numbers, ranges), so bad
-values stop the job before Ray starts with a message that names the flag to fix.
+fail runs in ``__post_init__``: one rule per field (:mod:`mnist_ray.settings.rules`, with the intervals each class
+declares in ``RANGES``), then the checks that relate fields, so bad values stop the job before Ray starts with a
+message that names the flag to fix.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
 
 from mnist_ray.cluster import layout
-from mnist_ray.data import DATASET_INFO, TRAIN_IMAGES
+from mnist_ray.data import TRAIN_IMAGES
 from mnist_ray.errors import ConfigError
-from mnist_ray.training import models, optim
-
-DEFAULT_RUNS = str(Path.home() / "mnist_ray" / "runs")
-"""Where training runs and sweeps go unless --output says otherwise."""
-DEFAULT_REPORTS = str(Path.home() / "mnist_ray" / "reports")
-"""Where evaluation reports go unless --reports says otherwise."""
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model": tuple(models.REGISTRY),
-    "dataset": tuple(DATASET_INFO),
-    "optimizer": tuple(optim.OPTIMIZERS),
-    "schedule": tuple(optim.SCHEDULES),
-    "ddp_backend": ("auto", "gloo", "nccl"),
-}
-"""Valid values of the string fields, taken from the registries that implement them."""
-
-RANGES: dict[str, tuple[float, float, str]] = {
-    "lr": (0, 10, "(]"),
-    "weight_decay": (0, 1, "[]"),
-    "momentum": (0, 1, "[)"),
-    "epochs": (1, 10_000, "[]"),
-    "batch_size": (1, TRAIN_IMAGES, "[]"),
-    "val_size": (1, TRAIN_IMAGES, "[)"),
-    "train_limit": (0, TRAIN_IMAGES, "[]"),
-    "label_smoothing": (0, 1, "[)"),
-    "dropout": (0, 1, "[)"),
-    "num_workers": (1, 4096, "[]"),
-    "cpus_per_worker": (1, 1024, "[]"),
-    "gpus_per_worker": (0, 1, "(]"),
-    "seed": (0, 2**32 - 1, "[]"),
-    "max_failures": (0, 1000, "[]"),
-    "keep_checkpoints": (1, 1000, "[]"),
-    "num_cpus": (1, 100_000, "[]"),
-    "actors": (1, 1024, "[]"),
-}
-"""Allowed interval of each numeric field (``(``/``)`` open, ``[``/``]`` closed); None values are skipped."""
-
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-"""A run name or report id: a plain folder name of at most 100 characters."""
-
-
-def validate_fields(obj: Any) -> None:
-    """Apply the per-field rules (choices, finite numbers, ranges) to any config dataclass."""
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if value is None or isinstance(value, bool) or value == layout.AUTO:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in CHOICES and value not in CHOICES[f.name]:
-            raise ConfigError(f"unknown {f.name} {value!r}; valid: {', '.join(CHOICES[f.name])}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{f.name} must be a finite number, got {value}: pass a real value to {flag}")
-        if f.name in RANGES:
-            check_range(f.name, value, *RANGES[f.name], flag=flag)
-
-
-def check_range(name: str, value: float, low: float, high: float, ends: str, flag: str) -> None:
-    """Raise a ConfigError naming ``flag`` unless ``value`` lies in the interval."""
-    ok_low = value >= low if ends[0] == "[" else value > low
-    ok_high = value <= high if ends[1] == "]" else value < high
-    if not (ok_low and ok_high):
-        interval = f"{ends[0]}{_num(low)}, {_num(high)}{ends[1]}"
-        raise ConfigError(f"{name} must be in {interval}, got {_num(value)}: pass {flag} in {interval}")
-
-
-def _num(x: float) -> str:
-    """Whole numbers as integers (4294967295, not 4.29497e+09), others compactly."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def check_name(kind: str, value: str) -> None:
-    """Run names and report ids become folder names: plain, short, no separators or newlines."""
-    if not isinstance(value, str) or not NAME.fullmatch(value):
-        shown = value if len(str(value)) <= 40 else str(value)[:40] + "..."
-        raise ConfigError(
-            f"{kind} {shown!r} must be a plain folder name: letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit, at most 100 characters"
-        )
+from mnist_ray.files import folders
+from mnist_ray.settings.rules import Interval, check_name, checked_fields, read_config_file, validate_fields
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything the training loop needs; identical on every worker."""
+
+    RANGES: ClassVar[dict[str, Interval]] = {
+        "lr": (0, 10, "(]"),
+        "weight_decay": (0, 1, "[]"),
+        "momentum": (0, 1, "[)"),
+        "epochs": (1, 10_000, "[]"),
+        "batch_size": (1, TRAIN_IMAGES, "[]"),
+        "val_size": (1, TRAIN_IMAGES, "[)"),
+        "train_limit": (0, TRAIN_IMAGES, "[]"),
+        "label_smoothing": (0, 1, "[)"),
+        "dropout": (0, 1, "[)"),
+        "num_workers": (1, 4096, "[]"),
+        "cpus_per_worker": (1, 1024, "[]"),
+        "gpus_per_worker": (0, 1, "(]"),
+        "seed": (0, 2**32 - 1, "[]"),
+    }
 
     model: str = "cnn"
     """Architecture from the model registry: cnn (conv + batch norm + pooling) or ann (784-512-256-10)."""
@@ -207,17 +144,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 recipe above 99.0%; best trades time for accuracy; smoke runs the whole path in seconds."""
 
 
-def checked_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` if every key is a field of ``cls`` and every value has the field's JSON type."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {sorted(known)}")
-    for name, value in values.items():
-        _check_type(name, value, type(known[name].default))
-    return values
-
-
 def load_config(
     preset: str = "default",
     path: str | None = None,
@@ -248,35 +174,6 @@ def load_with_request(
     return TrainConfig.from_dict(values), layout.request(flags, PRESETS[preset], file, base or {})
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """Read a JSON object of TrainConfig fields from a local path or URI; any damage is one ConfigError."""
-    from mnist_ray.files import storage
-
-    if not storage.is_file(path):
-        raise ConfigError(f"config file {path} does not exist (or is not a file): pass a JSON file")
-    try:
-        text = storage.read_text(path)
-    except (storage.StorageError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {str(exc).splitlines()[0][:200]}") from None
-    return parse_json_object(text, f"config file {path}")
-
-
-def parse_json_object(text: str, what: str) -> dict[str, Any]:
-    """A JSON object from ``text``; NaN/Infinity, deep nesting, null or a non-object are ConfigErrors."""
-
-    def refuse(constant: str) -> None:
-        raise ValueError(f"{constant} is not a number JSON allows")
-
-    try:
-        values = json.loads(text, parse_constant=refuse)
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise ConfigError(f"{what} is not valid JSON ({reason})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{what} must hold a JSON object of TrainConfig fields, not {type(values).__name__}")
-    return values
-
-
 @dataclass(frozen=True)
 class Tracking:
     """Where a job logs its parameters, metrics and artifacts; see :mod:`mnist_ray.reports.tracking`."""
@@ -289,9 +186,11 @@ class Tracking:
 class RunOptions(Tracking):
     """Where a run lives and how Ray Train treats it; not part of the model's identity."""
 
+    RANGES: ClassVar[dict[str, Interval]] = {"max_failures": (0, 1000, "[]"), "keep_checkpoints": (1, 1000, "[]")}
+
     name: str = "mnist"
     """Run name; re-running with the same name resumes from its last checkpoint."""
-    output: str = DEFAULT_RUNS
+    output: str = folders.DEFAULT_RUNS
     """Folder or URI (s3://bucket/prefix) for the run's outputs: <output>/<name>/."""
     storage_path: str | None = None
     """Ray Train checkpoint storage (a path every node reaches, or s3://bucket/prefix); default: --output."""
@@ -309,23 +208,16 @@ class RunOptions(Tracking):
         validate_fields(self)
 
     @property
-    def storage(self) -> str:
-        """Ray Train storage: explicit storage_path, else the output; local paths made absolute."""
-        from mnist_ray.files import storage
-
-        return storage.normalize(self.storage_path or self.output)
-
-    @property
-    def run_dir(self) -> str:
-        """``<output>/<name>``, absolute for local paths, unchanged for URIs."""
-        from mnist_ray.files import storage
-
-        return storage.join(storage.normalize(self.output), self.name)
+    def folder(self) -> folders.RunFolder:
+        """The run's folder ``<output>/<name>``, and its checkpoints' ``<storage_path or output>/<name>``."""
+        return folders.RunFolder.of(self.output, self.name, self.storage_path)
 
 
 @dataclass(frozen=True)
 class RayOptions:
     """How a job reaches Ray; see :func:`mnist_ray.cluster.connection.connect`."""
+
+    RANGES: ClassVar[dict[str, Interval]] = {"num_cpus": (1, 100_000, "[]")}
 
     num_cpus: int | None = None
     """CPUs for a new local Ray instance (ignored when joining a cluster); default: all of this machine's."""
@@ -338,10 +230,3 @@ class RayOptions:
         validate_fields(self)
 
 
-def _check_type(name: str, value: Any, kind: type) -> None:
-    """JSON gives ints for floats (fine) but must not give floats, strings or lists for ints."""
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok:
-        raise ConfigError(f"config field {name} must be {kind.__name__}, got {value!r}")
