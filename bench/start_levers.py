@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 from bench import common
-from mnist_ray.cluster import connection
+from mnist_ray.ray_workarounds.autoscaling_coordinator import EARLY_COORDINATOR_ENV
 
 PAIRS = 3
 
@@ -67,7 +67,7 @@ def probe(lever: str, what: str, checkpoint: str) -> list[float]:
     """Seconds of each evaluation call or fit in one fresh process with its own local Ray; lever "none" or one."""
     with tempfile.TemporaryDirectory(prefix="rsl", dir="/tmp") as tmp:  # short: Ray's socket paths have a limit
         env = {**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-        env[connection.EARLY_COORDINATOR_ENV] = "1" if lever == "coordinator" else "0"  # runtime_env: without it
+        env[EARLY_COORDINATOR_ENV] = "1" if lever == "coordinator" else "0"  # runtime_env: without it
         return common.probe(PROBE, lever, what, checkpoint, env=env)
 
 

@@ -20,8 +20,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mnist_ray.cluster.connection import DASHBOARD_PORT, GCS_PORT, LOOPBACK, address_file, reachable
+from mnist_ray.cluster.connection import DASHBOARD_PORT, GCS_PORT, LOOPBACK, reachable
 from mnist_ray.errors import EXIT_USAGE, MnistRayError, ResourceError
+from mnist_ray.ray_workarounds import address_file
 
 HEAD_DIR = Path(".ray-head")
 """Where ``make cluster-up`` records its head: ``pid``, ``head.json``, ``ray.log`` (git-ignored)."""
@@ -95,7 +96,7 @@ def start_head(
         "pid": proc.pid,
         "gcs": f"{LOOPBACK}:{port}",
         "dashboard": f"http://{LOOPBACK}:{dashboard_port}",
-        "address_file": str(Path(temp_dir) / "ray_current_cluster" if temp_dir else address_file()),
+        "address_file": str(Path(temp_dir) / "ray_current_cluster" if temp_dir else address_file.path()),
         "python": str(BIN / "python"),
         "token_created": token_created,
     }

@@ -18,6 +18,7 @@ import pytest
 
 from mnist_ray.cluster import connection
 from mnist_ray.errors import ResourceError
+from mnist_ray.ray_workarounds import address_file, placement_groups
 from tests.conftest import REPO
 from tests.ray_head import free_ports
 
@@ -160,10 +161,10 @@ def test_resolve_follows_rays_rule(monkeypatch, tmp_path, ray_address, recorded,
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
     else:
         monkeypatch.setenv("RAY_ADDRESS", ray_address)
-    assert connection.address_file() == tmp_path / "ray" / "ray_current_cluster"
+    assert address_file.path() == tmp_path / "ray" / "ray_current_cluster"
     if recorded:
-        connection.address_file().parent.mkdir()
-        connection.address_file().write_text(recorded + "\n")
+        address_file.path().parent.mkdir()
+        address_file.path().write_text(recorded + "\n")
     target = connection.resolve()
     assert target.address == expected.address
     assert target.source.startswith(expected.source)
@@ -209,6 +210,7 @@ def test_a_local_start_says_so_in_one_line(tmp_path):
 TWO_RAYS = """
 import json, os
 from mnist_ray.cluster import connection
+from mnist_ray.ray_workarounds import placement_groups
 connection.connect(num_cpus=1)
 import ray
 from ray.util.state import list_nodes
@@ -220,7 +222,7 @@ def probe():
 # the driver's own state API calls: a group no actor uses, freed after a sweep (it used to guess "auto" and fail)
 orphan = ray.util.placement_group([{"CPU": 1}])
 ray.get(orphan.ready(), timeout=60)
-freed = connection.free_orphaned_placement_groups(settle_s=0.2, wait_s=0)
+freed = placement_groups.free_orphaned_placement_groups(settle_s=0.2, wait_s=0)
 gcs = ray.get_runtime_context().gcs_address
 print(json.dumps([gcs, *ray.get(probe.remote()), os.environ.get("RAY_ADDRESS"), freed]))
 """
@@ -283,12 +285,12 @@ def test_placement_groups_no_actor_uses_are_freed_and_used_ones_kept():
     holder = ray.remote(num_cpus=1)(Holder).options(scheduling_strategy=PlacementGroupSchedulingStrategy(used)).remote()
     try:
         ray.get(holder.ping.remote(), timeout=60)
-        assert connection.free_orphaned_placement_groups(settle_s=0.2, wait_s=0) >= 1  # wait_s=0: no watching
+        assert placement_groups.free_orphaned_placement_groups(settle_s=0.2, wait_s=0) >= 1  # wait_s=0: no watching
         assert placement_group_table(orphan)["state"] == "REMOVED"
         assert placement_group_table(used)["state"] == "CREATED"
         # A stopped trial's worker still shutting down when the sweep returns: its group goes once it is gone.
         threading.Timer(1.0, ray.kill, args=(holder,)).start()
-        assert connection.free_orphaned_placement_groups(settle_s=0.2, wait_s=30) == 1
+        assert placement_groups.free_orphaned_placement_groups(settle_s=0.2, wait_s=30) == 1
         assert placement_group_table(used)["state"] == "REMOVED"
     finally:
         ray.kill(holder)
@@ -313,7 +315,7 @@ def test_during_a_sweep_only_worker_groups_unused_past_the_grace_are_freed():
     holder = holder.remote()
     try:
         ray.get(holder.ping.remote(), timeout=60)
-        reaper = connection.PlacementGroupReaper(grace_s=30)
+        reaper = placement_groups.PlacementGroupReaper(grace_s=30)
         assert reaper.check(now=100.0) == 0  # unused from now on, but within its grace
         assert placement_group_table(orphan)["state"] == "CREATED"
         assert reaper.check(now=131.0) == 1
@@ -323,7 +325,7 @@ def test_during_a_sweep_only_worker_groups_unused_past_the_grace_are_freed():
         late = placement_group([{"CPU": 0.5}])  # the running thread frees it too, and says so
         ray.get(late.ready(), timeout=60)
         said = []
-        with connection.PlacementGroupReaper(grace_s=0.5, every_s=0.3, on_free=said.append):
+        with placement_groups.PlacementGroupReaper(grace_s=0.5, every_s=0.3, on_free=said.append):
             deadline = time.monotonic() + 30
             while placement_group_table(late)["state"] != "REMOVED" and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -25,6 +25,8 @@ import threading
 import typing
 from collections.abc import Callable, Iterator
 
+from mnist_ray.ray_workarounds import loggers
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Handled like Ctrl-C. SIGINT is Ctrl-C itself: handled here so that it also ends a sweep gracefully."""
 
@@ -56,7 +58,7 @@ def _handle(signum: int, frame) -> None:
     first = not _received
     _received.append(signum)
     # Calls into Ray cut short by the stop leave results nobody reads; Ray would log each as an "Unhandled error".
-    logging.getLogger("ray._private.worker").setLevel(logging.CRITICAL)
+    loggers.quiet_unhandled_errors()
     if first and _hooks:
         _hooks[-1](signum)
         return

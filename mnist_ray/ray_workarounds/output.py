@@ -7,6 +7,13 @@ Two of Ray's messages cannot be turned off at their source and say nothing a use
   may restart: Ray Data always passes its map function to an actor pool's actors that way, so every evaluation
   scored by actors (on GPUs; on CPUs it scores in tasks) logs it (https://github.com/ray-project/ray/issues/53727).
   The line still reaches the driver's log file in Ray's session folder; only its copy on stderr is dropped.
+
+Both as of Ray 2.60. The first replaces ``print_to_stdstream`` of the private ``ray._private.worker``, which Ray's
+error listener calls with each message. If Ray moves it,
+``tests/test_ray_boundary.py::test_private_ray_names_still_exist[output]`` fails at once; if the dumps reach the
+output again, ``tests/test_faults.py::test_lost_worker_restarts_from_last_checkpoint_and_says_so_in_one_line`` does;
+a ``core_worker.cc`` line in an evaluation's output fails
+``tests/test_cluster_jobs.py::test_train_then_evaluate_through_the_job_server``.
 """
 
 from __future__ import annotations

@@ -2,11 +2,17 @@
 
 Ray Train's torch backend starts torch's ``TCPStore`` on rank 0 for the workers to meet, and a ``TCPStore``
 listens on every interface whatever host it is given: on a one-machine run that is the only port left
-reachable from the network (Ray's own ports follow the node address, which ``cluster.connect`` puts on
+reachable from the network (Ray's own ports follow the node address, which :mod:`.loopback_node` puts on
 127.0.0.1 for a local instance). Ray's token authentication does not cover torch's store. So when rank 0's
 node address is a loopback address, rank 0 binds the store's socket to that address itself and hands it
 to ``TCPStore`` (``master_listen_fd``), and gloo's own sockets use the loopback interface. On a real cluster
 (a routable node address) Ray's backend runs unchanged.
+
+Everything but the store is Ray 2.60's own setup, through two private names of ``ray.train.torch.config``:
+``_TorchBackend`` (subclassed; its ``on_start(worker_group, backend_config)`` replaced) and
+``_set_torch_distributed_env_vars``. If either moves or changes its signature,
+``tests/test_ray_boundary.py::test_private_ray_names_still_exist[rendezvous]`` fails at once; a port of a local run
+off loopback fails ``tests/test_faults.py::test_killed_train_driver_resumes_with_the_same_command``.
 """
 
 from __future__ import annotations
@@ -20,8 +26,6 @@ from dataclasses import dataclass
 import ray
 import torch.distributed as dist
 from ray.train.torch import TorchConfig
-
-# Private helpers of Ray 2.60's torch backend, reused so that everything but the store matches Ray's own setup.
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
 _STORE: dist.TCPStore | None = None

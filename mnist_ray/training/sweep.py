@@ -22,10 +22,11 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import ASHAScheduler
 
 from mnist_ray import data
-from mnist_ray.cluster import connection, stop
+from mnist_ray.cluster import stop
 from mnist_ray.errors import ConfigError, ResourceError
 from mnist_ray.files import storage
 from mnist_ray.files import storage as storage_lib  # run_trial's parameter is named storage (Tune passes it by name)
+from mnist_ray.ray_workarounds.placement_groups import PlacementGroupReaper, free_orphaned_placement_groups
 from mnist_ray.reports import sweep_report, tracking
 from mnist_ray.settings.config import CHOICES, RunOptions, TrainConfig, parse_json_object
 from mnist_ray.training import checkpoints, optim, trainer
@@ -352,12 +353,12 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info, callbacks: tuple[tune.C
     if not options.resume:
         spec = {"base": sp.base.to_dict(), "space": asdict(space), "workers": sp.workers, "sweep": asdict(options)}
         storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")
-    with connection.PlacementGroupReaper(on_free=_say_freed), stop.graceful(_interrupt_tune):
+    with PlacementGroupReaper(on_free=_say_freed), stop.graceful(_interrupt_tune):
         grid = tuner.fit()
     stop.check()  # a stop signal ended the sweep early: Tune saved its state; nothing is reported
     ended = time.perf_counter()
     wall_s = ended - start
-    _say_freed(connection.free_orphaned_placement_groups())
+    _say_freed(free_orphaned_placement_groups())
     log.debug("post-sweep placement-group check: %.1f s", time.perf_counter() - ended)
     out = SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
     return replace(out, mlflow_run_id=tracking.log_sweep(run, out))  # with --mlflow-uri: reports, best checkpoint

@@ -23,9 +23,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchTrainer
 
 from mnist_ray import data
-from mnist_ray.cluster import connection
 from mnist_ray.errors import ConfigError, ResourceError
 from mnist_ray.files import storage
+from mnist_ray.ray_workarounds.placement_groups import free_orphaned_placement_groups
 from mnist_ray.ray_workarounds.rendezvous import LoopbackTorchConfig
 from mnist_ray.reports import plots, tracking
 from mnist_ray.settings.config import RunOptions, TrainConfig, parse_json_object
@@ -314,7 +314,7 @@ def train(
         try:
             result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs, run), on_epoch, opts.max_failures)
         except storage.DiskFull:
-            connection.free_orphaned_placement_groups(settle_s=1.0, wait_s=10.0)  # the killed run's, if the API answers
+            free_orphaned_placement_groups(settle_s=1.0, wait_s=10.0)  # the killed run's, if the API answers
             folder = storage.join(opts.storage, opts.name)
             raise storage.disk_full(
                 folder, space_needed(cfg, opts), "free some space; the same command resumes"
