@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from bench import common
 from mnist_ray import data
+from mnist_ray.settings.config import TrainConfig
 from mnist_ray.training import checkpoints, models, optim
 
 DEFAULT = common.WORK / "runs" / "from_sweep" / "checkpoint_epoch_011"
@@ -40,8 +41,9 @@ def images_per_s(state: dict, x: torch.Tensor, y: torch.Tensor, channels_last: b
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     cfg = state["config"]
-    optimizer = optim.build_optimizer(cfg["optimizer"], optim.param_groups(model, cfg["weight_decay"]), LR, 0.9)
-    optimizer.load_state_dict(state["optimizer"])
+    settings = TrainConfig(optimizer=cfg["optimizer"], weight_decay=cfg["weight_decay"], lr=LR)
+    optimizer = optim.build_optimizer(model, settings)
+    optimizer.load_state_dict(state["optimizer"])  # its own hyperparameters: lr is set below
     for group in optimizer.param_groups:
         group["lr"] = LR
     model.train()

@@ -15,27 +15,28 @@ import torch
 from bench import common
 from mnist_ray import data
 from mnist_ray.settings.config import TrainConfig
-from mnist_ray.training import models, worker
+from mnist_ray.training import models, step, worker
 
 SUBSET = {"train_limit": 20000, "epochs": 2, "augment": False, "batch_size": 128, "val_size": 1000}
 REPEATS = 3
 
 
 def plain_loop(threads: int) -> float:
-    """images/s of worker.train_epoch in this process (no Ray), second epoch."""
+    """images/s of step.train_epoch in this process (no Ray), second epoch."""
     models.set_cpu_threads(threads)
     cfg = TrainConfig(**SUBSET, num_workers=1, cpus_per_worker=threads)
     arrays = data.load("mnist")
-    train_idx, _ = data.split_train_val(60000, cfg.val_size, cfg.seed, cfg.train_limit)
-    x, y = data.normalize(arrays.train_x[train_idx]), torch.from_numpy(arrays.train_y[train_idx])
-    speed = worker.GpuSpeed(channels_last=cfg.channels_last)  # the layout a Ray Train worker uses
-    model = worker.place_model(models.build("cnn", seed=0), torch.device("cpu"), speed)
-    optimizer = worker.build_optimizer(model, cfg)
+    train_idx, val_idx = data.split_train_val(60000, cfg.val_size, cfg.seed, cfg.train_limit)
+    cpu = torch.device("cpu")
+    train = worker.shard(arrays.train_x[train_idx], arrays.train_y[train_idx], 0, 1, cpu, equal=True)
+    val = worker.shard(arrays.train_x[val_idx], arrays.train_y[val_idx], 0, 1, cpu, equal=False)
+    speed = step.SpeedOptions(channels_last=cfg.channels_last)  # the layout a Ray Train worker uses
+    state = step.WorkerState.create(models.build("cnn", seed=0), train, val, cfg, speed=speed)
     rate = 0.0
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
-        worker.train_epoch(model, optimizer, x, y, cfg, epoch, torch.Generator().manual_seed(epoch))
-        rate = len(x) / (time.perf_counter() - start)
+        step.train_epoch(state, epoch)
+        rate = len(train[0]) / (time.perf_counter() - start)
     return rate
 
 

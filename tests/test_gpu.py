@@ -24,8 +24,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mnist_ray import data
 from mnist_ray.errors import ConfigError
 from mnist_ray.settings.config import RunOptions, TrainConfig, load_config
-from mnist_ray.training import checkpoints, models, optim, trainer, worker
-from mnist_ray.training.worker import GpuSpeed
+from mnist_ray.training import checkpoints, models, optim, step, trainer, worker
+from mnist_ray.training.step import SpeedOptions
 from tests.conftest import REPO
 from tests.helpers import call
 
@@ -135,13 +135,13 @@ class TestOnGpu:
         _, out, _ = gpu_run
         device = torch.device("cuda")
         model = checkpoints.build_model(checkpoints.load(out.best_checkpoint))
-        model = worker.place_model(model, device, GpuSpeed())  # channels_last, as trained
+        model = step.place_model(model, device, SpeedOptions())  # channels_last, as trained
         x = data.normalize(data.load("mnist").test_x[:4096]).to(device)
         seen: list[torch.dtype] = []
         model[0].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
         with torch.no_grad():
             fp32 = model(x)
-            with worker.autocast(x):
+            with step.autocast(x):
                 bf16 = model(x)
         assert seen == [torch.float32, torch.bfloat16]  # the first convolution really ran in bf16
         diff = (bf16.float() - fp32).abs()
@@ -152,18 +152,16 @@ class TestOnGpu:
     def test_the_gpu_step_never_waits_for_the_host(self):
         """torch's sync debug mode flags every synchronising call (item, float, blocking copies) in an epoch."""
         cfg = TrainConfig(**{**GPU_TINY, "batch_size": 256}, use_gpu=True, num_workers=1)
-        device, speed = torch.device("cuda"), GpuSpeed()
-        x, y = worker.shard(*val_split(replace(cfg, val_size=4096)), 0, 1, device, equal=True)
-        model = worker.place_model(models.build("cnn", seed=0), device, speed)
-        optimizer = worker.gpu_optimizer(model, cfg, device, speed)
-        worker.train_steps(model, optimizer, x, y, cfg, 0, worker.epoch_generator(cfg, 0, 0, device, speed))
+        x, y = worker.shard(*val_split(replace(cfg, val_size=4096)), 0, 1, torch.device("cuda"), equal=True)
+        state = step.WorkerState.create(models.build("cnn", seed=0), (x, y), (x, y), cfg, speed=SpeedOptions())
+        step.train_steps(state, 0, step.epoch_generator(state, 0))
         torch.cuda.synchronize()  # warm-up done: cuDNN autotuning, optimizer state, allocator
-        gen = worker.epoch_generator(cfg, 1, 0, device, speed)
+        gen = step.epoch_generator(state, 1)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                loss_sum, correct, _ = worker.train_steps(model, optimizer, x, y, cfg, 1, gen)
+                loss_sum, correct, _ = step.train_steps(state, 1, gen)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         # torch warns once that the debug mode itself is a prototype; every other such warning is a host sync.
@@ -201,9 +199,10 @@ def test_the_training_step_reads_nothing_back_to_the_host():
     cfg = TrainConfig(**CPU_TINY, label_smoothing=0.1)
     x, y = worker.shard(*val_split(replace(cfg, val_size=256)), 0, 1, torch.device("cpu"), equal=True)
     model = models.build("cnn", seed=0)
-    optimizer = worker.build_optimizer(model, cfg, fused=True)  # GPU default: state steps stay on the device
+    optimizer = optim.build_optimizer(model, cfg, fused=True)  # GPU default: state steps stay on the device
+    state = step.WorkerState(model, model, optimizer, (x, y), (x, y), cfg)
     with HostReads() as reads:
-        loss_sum, correct, _ = worker.train_steps(model, optimizer, x, y, cfg, 0, torch.Generator().manual_seed(0))
+        loss_sum, correct, _ = step.train_steps(state, 0, torch.Generator().manual_seed(0))
     assert reads.seen == []
     assert 0 < float(correct) <= len(x) and float(loss_sum) > 0
     with HostReads() as reads:  # the detector itself: each of these would stall a GPU step
@@ -215,7 +214,7 @@ def test_autocast_is_off_on_a_cpu():
     model, x = models.build("cnn", seed=0).eval(), torch.randn(8, 1, 28, 28)
     with torch.no_grad():
         plain = model(x)
-        with worker.autocast(x):
+        with step.autocast(x):
             cast = model(x)
     assert cast.dtype == torch.float32 and torch.equal(cast, plain)
 
@@ -227,20 +226,20 @@ def test_gpu_switches_leave_a_cpu_run_unchanged():
     the first conv's single input channel looks contiguous in both layouts).
     """
     cfg = TrainConfig(**CPU_TINY)
-    off = GpuSpeed(fused_optimizer=False, cudnn_benchmark=False, device_rng=False)
+    off = SpeedOptions(fused_optimizer=False, cudnn_benchmark=False, device_rng=False)
     cpu = torch.device("cpu")
-    nchw = worker.place_model(models.build("cnn", seed=0), cpu, GpuSpeed(channels_last=False))
+    nchw = step.place_model(models.build("cnn", seed=0), cpu, SpeedOptions(channels_last=False))
     assert nchw[4].weight.is_contiguous() and not nchw[4].weight.is_contiguous(memory_format=torch.channels_last)
     runs, arrays = [], data.load("mnist")
-    for speed in (GpuSpeed(compile="default"), off):
+    for speed in (SpeedOptions(compile="default"), off):
         train_idx, val_idx = data.split_train_val(len(arrays.train_x), cfg.val_size, cfg.seed, cfg.train_limit)
         train = worker.shard(arrays.train_x[train_idx], arrays.train_y[train_idx], 0, 1, cpu, equal=True)
         val = worker.shard(arrays.train_x[val_idx], arrays.train_y[val_idx], 0, 1, cpu, equal=False)
-        model = worker.place_model(models.build("cnn", seed=cfg.seed), cpu, speed)
-        optimizer = worker.gpu_optimizer(model, cfg, cpu, speed)
-        assert worker.forward_fn(model, cpu, speed) is model and not optimizer.defaults.get("fused")
-        assert model[4].weight.is_contiguous(memory_format=torch.channels_last) and not model[4].weight.is_contiguous()
-        metrics = worker.fit_epoch(model, model, optimizer, train, val, cfg, 0, speed=speed)
+        state = step.WorkerState.create(models.build("cnn", seed=cfg.seed), train, val, cfg, speed=speed)
+        assert state.forward is state.model and not state.optimizer.defaults.get("fused")
+        weight = state.model[4].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        metrics = step.fit_epoch(state, 0)
         runs.append([metrics[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")])
         assert "gpu_max_allocated_mb" not in metrics
     assert runs[0] == runs[1]
@@ -249,10 +248,10 @@ def test_gpu_switches_leave_a_cpu_run_unchanged():
 def test_fused_option_reaches_the_optimizers_that_have_one():
     model = models.build("cnn", seed=0)
     for name in ("sgd", "adam", "adamw"):
-        opt = optim.build_optimizer(name, optim.param_groups(model, 5e-4), 1e-3, 0.9, fused=True)
+        opt = optim.build_optimizer(model, TrainConfig(optimizer=name), fused=True)
         assert opt.defaults["fused"] is True, name
-        assert not optim.build_optimizer(name, optim.param_groups(model, 5e-4), 1e-3, 0.9).defaults.get("fused")
-    rmsprop = optim.build_optimizer("rmsprop", optim.param_groups(model, 5e-4), 1e-3, 0.9, fused=True)
+        assert not optim.build_optimizer(model, TrainConfig(optimizer=name)).defaults.get("fused")
+    rmsprop = optim.build_optimizer(model, TrainConfig(optimizer="rmsprop"), fused=True)
     assert isinstance(rmsprop, torch.optim.RMSprop)  # no fused kernel in torch: the flag is ignored
 
 

@@ -16,7 +16,7 @@ import torch
 
 from mnist_ray.errors import ConfigError, ResourceError
 from mnist_ray.settings.config import RunOptions, TrainConfig
-from mnist_ray.training import checkpoints, optim, trainer, worker
+from mnist_ray.training import checkpoints, optim, step, trainer
 from tests.helpers import alive_actors
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -66,10 +66,13 @@ def test_onecycle_schedule_warms_up_then_decays():
 
 
 def test_unknown_optimizer_or_schedule_fails_instead_of_a_default():
+    from types import SimpleNamespace
+
     with pytest.raises(ConfigError, match="unknown schedule 'step'; valid: none, onecycle, cosine"):
         optim.lr_at(1, 10, 0.1, "step")
+    unchecked = SimpleNamespace(optimizer="lion", weight_decay=0.0, lr=0.1, momentum=0.9)  # TrainConfig checks too
     with pytest.raises(ConfigError, match="unknown optimizer 'lion'"):
-        optim.build_optimizer("lion", [], 0.1, 0.9)
+        optim.build_optimizer(torch.nn.Linear(2, 2), unchecked)
 
 
 def test_a_failing_progress_callback_leaks_no_thread_or_actor(tiny_run, tmp_path):
@@ -91,7 +94,7 @@ def test_a_failing_progress_callback_leaks_no_thread_or_actor(tiny_run, tmp_path
 
 def test_augmentation_keeps_shape_and_background():
     x = torch.full((4, 1, 28, 28), -0.1307 / 0.3081)
-    out = worker.random_affine(x, torch.Generator().manual_seed(0))
+    out = step.random_affine(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and torch.allclose(out, x, atol=1e-5)  # a blank image stays blank
 
 

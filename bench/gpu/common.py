@@ -21,13 +21,13 @@ import torch
 
 from mnist_ray import data
 from mnist_ray.settings.config import TrainConfig
-from mnist_ray.training import checkpoints, models, worker
-from mnist_ray.training.worker import GpuSpeed
+from mnist_ray.training import checkpoints, models, step, worker
+from mnist_ray.training.step import SpeedOptions
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = Path(os.environ.get("GPU_BENCH_OUT", REPO / "bench" / "results"))
 WORK = Path(os.environ.get("GPU_BENCH_WORK", "/tmp/mnist_ray_gpu"))
-OFF = GpuSpeed(channels_last=False, fused_optimizer=False, cudnn_benchmark=False, device_rng=False, compile="")
+OFF = SpeedOptions(channels_last=False, fused_optimizer=False, cudnn_benchmark=False, device_rng=False, compile="")
 """Every GPU switch off: the GPU step as it was before bench/gpu (bf16 autocast stays on; it predates them)."""
 
 
@@ -76,7 +76,7 @@ def splits(cfg: TrainConfig, arrays: data.Arrays, dev: torch.device) -> tuple[tu
 
 
 def plain_fit(
-    cfg: TrainConfig, speed: GpuSpeed, arrays: data.Arrays, epochs: int | None = None
+    cfg: TrainConfig, speed: SpeedOptions, arrays: data.Arrays, epochs: int | None = None
 ) -> tuple[torch.nn.Module, list[dict]]:
     """The 1-worker training run in this process, no Ray: the same functions the Ray Train worker calls.
 
@@ -85,16 +85,14 @@ def plain_fit(
     models.set_cpu_threads(cfg.cpus_per_worker)
     dev = device()
     train, val = splits(cfg, arrays, dev)
-    model = worker.place_model(models.build(cfg.model, cfg.dropout, seed=cfg.seed), dev, speed)
-    optimizer = worker.gpu_optimizer(model, cfg, dev, speed)
-    forward = worker.forward_fn(model, dev, speed)
+    state = step.WorkerState.create(models.build(cfg.model, cfg.dropout, seed=cfg.seed), train, val, cfg, speed=speed)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     history = []
     for epoch in range(epochs or cfg.epochs):
         with worker.profiled("plain", active=epoch == 1):  # only with $MNIST_RAY_PROFILE_DIR (bench.gpu.profile)
-            history.append(worker.fit_epoch(model, forward, optimizer, train, val, cfg, epoch, 0, 1, speed))
-    return model, history
+            history.append(step.fit_epoch(state, epoch))
+    return state.model, history
 
 
 @torch.no_grad()
@@ -103,7 +101,7 @@ def test_metrics(model: torch.nn.Module, arrays: data.Arrays, bf16: bool = False
     model.eval()
     dev = next(model.parameters()).device
     x, y = data.normalize(arrays.test_x).to(dev), torch.from_numpy(arrays.test_y).to(dev)
-    with worker.autocast(x, bf16):
+    with step.autocast(x, bf16):
         logits = torch.cat([model(x[i : i + 2000]).float() for i in range(0, len(x), 2000)])
     loss = torch.nn.functional.cross_entropy(logits, y)
     return {"test_accuracy": float((logits.argmax(1) == y).double().mean()), "test_loss": round(float(loss), 5)}

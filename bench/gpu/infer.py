@@ -23,7 +23,7 @@ from bench.gpu import common
 from mnist_ray import data
 from mnist_ray.cluster import connection
 from mnist_ray.inference import scoring
-from mnist_ray.training import checkpoints, models, worker
+from mnist_ray.training import checkpoints, models, step
 
 HUGE = 10
 """The last pass is the 100k set this many times over (1M images): long enough for the pipeline's rate to show."""
@@ -49,7 +49,7 @@ def plain(state: dict, images: np.ndarray, batch: int, use_gpu: bool) -> float:
     start = time.perf_counter()
     for i in range(0, len(images), batch):
         x = data.normalize(images[i : i + batch]).to(dev)
-        with worker.autocast(x):
+        with step.autocast(x):
             model(x).float().argmax(1).cpu()
     return len(images) / (time.perf_counter() - start)
 

@@ -18,7 +18,7 @@ from bench.gpu import common
 from mnist_ray import data
 from mnist_ray.settings.config import load_config
 from mnist_ray.training import worker
-from mnist_ray.training.worker import GpuSpeed
+from mnist_ray.training.step import SpeedOptions
 
 DRY_FLAGS = ["--preset", "smoke", "--epochs", "3", "--num-workers", "1"]
 
@@ -33,7 +33,7 @@ def main() -> None:
     cfg = load_config("smoke" if args.dry_run else "gpu")
     cfg = replace(cfg, num_workers=1) if args.dry_run else cfg
     flags = DRY_FLAGS if args.dry_run else ["--preset", "gpu", "--epochs", "3"]
-    _, plain = common.plain_fit(cfg, GpuSpeed(), data.load("mnist"), epochs=2)
+    _, plain = common.plain_fit(cfg, SpeedOptions(), data.load("mnist"), epochs=2)
     runs = common.WORK / "runs"
     common.fresh_dir(runs / "gpu_profile")
     job = common.run_job("train.py", [*flags, "--output", str(runs), "--name", "gpu_profile"], args.timeout)

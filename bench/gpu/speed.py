@@ -28,17 +28,17 @@ import torch
 from bench.gpu import common
 from mnist_ray import data
 from mnist_ray.settings.config import load_config
-from mnist_ray.training.worker import GpuSpeed
+from mnist_ray.training.step import SpeedOptions
 
 PRESET = load_config("gpu")
-ALL_ON = GpuSpeed()
+ALL_ON = SpeedOptions()
 
 
 B512 = {"batch_size": 512, "lr": 8e-3}
 """The batch the switches were first measured at (the gpu preset's until 2026-11-26's H100 runs)."""
 
 
-def ab_variants() -> dict[str, tuple[dict, GpuSpeed]]:
+def ab_variants() -> dict[str, tuple[dict, SpeedOptions]]:
     """Name -> (config changes from --preset gpu, switches)."""
     one_on = {
         f"+{name}": (B512, replace(common.OFF, **{name: True}))
@@ -71,7 +71,7 @@ RECIPES = {
 }
 
 
-def throughput(changes: dict, speed: GpuSpeed, arrays: data.Arrays, dry_run: bool) -> dict[str, Any]:
+def throughput(changes: dict, speed: SpeedOptions, arrays: data.Arrays, dry_run: bool) -> dict[str, Any]:
     """Steady-state images/s of 3 epochs (the schedule of the full run), compile/warm-up time apart."""
     cfg = replace(PRESET, **changes)
     cfg = common.dry(cfg) if dry_run else cfg

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # torch is imported lazily: the CLI reads the names without l
     import torch
     from torch import nn
 
+    from mnist_ray.settings.config import TrainConfig  # annotation only: the settings read these registries
+
 
 def _constant(t: float) -> float:
     return 1.0
@@ -86,14 +88,15 @@ def lr_at(step: int, total: int, lr: float, schedule: str) -> float:
     return lr * _lookup("schedule", schedule, SCHEDULES)(min(step / max(total, 1), 1.0))
 
 
-def build_optimizer(
-    name: str, groups: list[dict], lr: float, momentum: float, fused: bool = False
-) -> torch.optim.Optimizer:
-    """The optimizer ``name`` over parameter ``groups`` (weight decay is set per group).
+def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The config's optimizer over ``model``'s parameters, with weight decay on its weights only.
 
-    ``fused``: one fused kernel per step where torch has one (sgd, adam, adamw), for GPU training.
+    It is built with the peak ``cfg.lr``, but the training step sets every group's lr from :func:`lr_at` before each
+    step, so that value never trains anything. ``fused``: one fused kernel per step where torch has one (sgd, adam,
+    adamw), for GPU training.
     """
-    return _lookup("optimizer", name, OPTIMIZERS)(groups, lr, momentum, fused)
+    builder = _lookup("optimizer", cfg.optimizer, OPTIMIZERS)
+    return builder(param_groups(model, cfg.weight_decay), cfg.lr, cfg.momentum, fused)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
