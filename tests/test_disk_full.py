@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from mnist_ray.files import storage
+from mnist_ray.files import capacity, publishing
 from mnist_ray.jobs import evaluate
 from mnist_ray.training import checkpoints, trainer
 from tests import helpers
@@ -106,7 +106,7 @@ def test_a_refused_write_at_the_storage_layer_is_one_line(tmp_path, tiny_run, ca
     def refuse(src, dst, **kw):
         raise shutil.Error([(str(src), str(dst), "[Errno 28] No space left on device")])
 
-    monkeypatch.setattr(storage.shutil, "copytree", refuse)
+    monkeypatch.setattr(publishing.shutil, "copytree", refuse)
     args = ["--run", tiny_run[2].run_dir, "--reports", str(tmp_path), "--run-id", "r", "--actors", "1"]
     result = helpers.call(evaluate.main, capsys, *args)
     assert result.returncode == 1, result.stderr[-3000:]
@@ -137,4 +137,4 @@ def test_a_full_disk_in_a_worker_ends_the_run_instead_of_restarting_it():
     ],
 )
 def test_what_counts_as_a_full_disk(exc, full):
-    assert storage.is_disk_full(exc) is full
+    assert capacity.is_disk_full(exc) is full

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mnist_ray import data
-from mnist_ray.files import storage
+from mnist_ray.files import publishing, storage
 from mnist_ray.inference import export as lib
 from mnist_ray.inference import scoring
 from mnist_ray.jobs import export
@@ -133,7 +133,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def test_exports_run_without_mnist_ray_and_predict_as_the_checkpoint(exported, reference, arrays, tmp_path):
     out = exported
     assert {p.name for p in out.iterdir()} == EXPORT_FILES  # one self-contained .onnx: no .onnx.data beside it
-    assert storage.is_complete(str(out))
+    assert publishing.is_complete(str(out))
     serving = tmp_path / "serving"  # the serving side gets the two files only
     serving.mkdir()
     for name in ("model.pt2", "model.onnx"):
@@ -249,6 +249,6 @@ def test_export_to_s3(s3_server, checkpoint, tmp_path, capsys):
     target = f"{make_bucket('mnist-ray-tests')}/{uuid.uuid4().hex[:8]}/export"
     result = call(export.main, capsys, "--checkpoint", checkpoint, "--output", target, "--format", "pt2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert storage.is_complete(target)
+    assert publishing.is_complete(target)
     local = storage.download_file(storage.join(target, "model.pt2"), tmp_path / "model.pt2")
     assert torch.export.load(local).module()(torch.zeros(3, 1, 28, 28)).shape == (3, 10)

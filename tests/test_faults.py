@@ -150,9 +150,9 @@ def test_killed_evaluation_leaves_no_partial_report(tmp_path, cluster_env, tiny_
     _kill_after_line(proc, "evaluating", delay=2.0)
     report = tmp_path / "cut"
     assert not report.exists() or {p.name for p in report.iterdir()} == REPORT_FILES
-    from mnist_ray.files import storage
+    from mnist_ray.files import publishing
 
-    assert not report.exists() or storage.is_complete(str(report))
+    assert not report.exists() or publishing.is_complete(str(report))
 
 
 def _descendants(root: int) -> set[int]:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from mnist_ray import data
-from mnist_ray.files import storage
+from mnist_ray.files import publishing, storage
 from mnist_ray.inference import predict as lib
 from mnist_ray.inference import scoring
 from mnist_ray.jobs import predict
@@ -133,7 +133,7 @@ def test_idx_and_parquet_inputs_with_the_output_on_s3(tiny_run, reference, test_
     args = ["--input", str(folder), "--checkpoint", tiny_run[2].best_checkpoint, "--actors", "1", "--output", out]
     result = call(predict.main, capsys, *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "41 scored, 3 unreadable" in result.stdout and storage.is_complete(out)
+    assert "41 scored, 3 unreadable" in result.stdout and publishing.is_complete(out)
     fs, path = storage.filesystem(f"{out}/predictions.parquet")
     table = pq.read_table(path, filesystem=fs).to_pandas().set_index("source")
     rows = [f"{folder}/a.parquet#{i}" for i in range(12)] + [f"{folder}/b.parquet#0", f"{folder}/c.parquet"]

@@ -11,7 +11,7 @@ import uuid
 import pandas as pd
 import pytest
 
-from mnist_ray.files import storage
+from mnist_ray.files import publishing, storage
 from mnist_ray.inference import scoring
 from mnist_ray.jobs import evaluate, train
 from mnist_ray.training import checkpoints
@@ -42,7 +42,7 @@ def test_train_with_every_output_on_s3_then_evaluate_there(prefix, capsys):
         assert storage.is_file(f"{run}/{name}"), name
     assert "checkpoint_epoch_001" in storage.list_dirs(run)  # Ray Train's own checkpoints, same bucket
     (first,) = storage.list_dirs(reports)
-    assert storage.is_complete(f"{reports}/{first}")
+    assert publishing.is_complete(f"{reports}/{first}")
     assert len(_parquet(f"{run}/history.parquet")) == 1
 
     # the nightly evaluation of what the cluster trained into s3://, reports on s3://
@@ -50,7 +50,7 @@ def test_train_with_every_output_on_s3_then_evaluate_there(prefix, capsys):
     args = ["--models-dir", runs, "--reports", reports, "--run-id", "nightly", "--actors", "1"]
     result = call(evaluate.main, capsys, *args, "--min-accuracy", "0.5")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert storage.is_complete(f"{reports}/nightly")
+    assert publishing.is_complete(f"{reports}/nightly")
     names = {f"{d}/{n}" for d in [f"{reports}/nightly"] for n in REPORT_FILES}
     assert all(storage.is_file(n) for n in names)
     metrics = _parquet(f"{reports}/nightly/metrics.parquet")

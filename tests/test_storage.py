@@ -1,4 +1,4 @@
-"""mnist_ray.files.storage on local paths and on a real S3 API (moto on loopback): no Ray, a few seconds."""
+"""mnist_ray.files storage, publishing and capacity on local paths and on a real S3 API (moto on loopback): no Ray."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from mnist_ray.files import storage
-from mnist_ray.files.storage import MANIFEST, StorageError
+from mnist_ray.files import capacity, publishing, storage
+from mnist_ray.files.publishing import MANIFEST
+from mnist_ray.files.storage import StorageError
 from tests import s3
 
 s3_server = s3.s3_server  # the session fixture, registered for this module (conftest may import it too)
@@ -75,7 +76,7 @@ def test_paths_and_uris():
 
 @pytest.mark.parametrize("uri", ["s3://", "s3:/bucket/runs", "nosuch://bucket/runs", "s3://bucket/runs?region=x"])
 def test_malformed_uris_are_refused(uri):
-    message = one_line_error(storage.check_writable, uri, "--output")
+    message = one_line_error(capacity.check_writable, uri, "--output")
     assert message.startswith(f"--output {uri}")
 
 
@@ -103,29 +104,29 @@ def test_local_write_is_atomic(tmp_path):
 
 
 def test_local_publish_dir(tmp_path, folder):
-    dest = storage.publish_dir(folder, str(tmp_path / "reports" / "r1"))
-    assert storage.is_complete(dest)
+    dest = publishing.publish_dir(folder, str(tmp_path / "reports" / "r1"))
+    assert publishing.is_complete(dest)
     manifest = json.loads(Path(dest, MANIFEST).read_text())
     assert manifest["files"] == {"metrics.parquet": 100, "sub/summary.md": 9} and manifest["written_at"]
-    assert "--overwrite" in one_line_error(storage.publish_dir, folder, dest)
+    assert "--overwrite" in one_line_error(publishing.publish_dir, folder, dest)
     (folder / "metrics.parquet").unlink()
-    storage.publish_dir(folder, dest, overwrite=True)
+    publishing.publish_dir(folder, dest, overwrite=True)
     assert sorted(p.name for p in Path(dest).rglob("*")) == [MANIFEST, "sub", "summary.md"]
-    assert storage.is_complete(dest) and [p.name for p in (tmp_path / "reports").iterdir()] == ["r1"]
+    assert publishing.is_complete(dest) and [p.name for p in (tmp_path / "reports").iterdir()] == ["r1"]
 
 
 def test_local_interrupted_publish_leaves_nothing(tmp_path, folder, monkeypatch):
-    monkeypatch.setattr(storage, "_manifest", lambda files: 1 / 0)  # dies after copying the files
+    monkeypatch.setattr(publishing, "_manifest", lambda files: 1 / 0)  # dies after copying the files
     with pytest.raises(ZeroDivisionError):
-        storage.publish_dir(folder, str(tmp_path / "reports" / "r1"))
-    assert list((tmp_path / "reports").iterdir()) == [] and not storage.is_complete(str(tmp_path / "reports" / "r1"))
+        publishing.publish_dir(folder, str(tmp_path / "reports" / "r1"))
+    assert list((tmp_path / "reports").iterdir()) == [] and not publishing.is_complete(str(tmp_path / "reports" / "r1"))
 
 
 def test_local_check_writable(tmp_path):
-    assert storage.check_writable(str(tmp_path / "new" / "runs"), "--output") == str(tmp_path / "new" / "runs")
+    assert capacity.check_writable(str(tmp_path / "new" / "runs"), "--output") == str(tmp_path / "new" / "runs")
     assert list((tmp_path / "new" / "runs").iterdir()) == []
     (tmp_path / "file").write_text("")
-    message = one_line_error(storage.check_writable, str(tmp_path / "file" / "runs"), "--reports")
+    message = one_line_error(capacity.check_writable, str(tmp_path / "file" / "runs"), "--reports")
     assert message.startswith(f"--reports {tmp_path / 'file' / 'runs'}: cannot write") and "--reports" in message
 
 
@@ -159,14 +160,14 @@ def test_s3_upload_download_local_copy(prefix, tmp_path):
 
 
 def test_s3_publish_dir(prefix, folder):
-    dest = storage.publish_dir(folder, storage.join(prefix, "r1"))
+    dest = publishing.publish_dir(folder, storage.join(prefix, "r1"))
     storage.write_text(storage.join(prefix, "r10", "keep.txt"), "a sibling sharing the name's start")
-    assert storage.is_complete(dest) and storage.read_text(storage.join(dest, "sub", "summary.md")) == "# report\n"
+    assert publishing.is_complete(dest) and storage.read_text(storage.join(dest, "sub", "summary.md")) == "# report\n"
     assert json.loads(storage.read_text(storage.join(dest, MANIFEST)))["files"]["metrics.parquet"] == 100
-    assert "--overwrite" in one_line_error(storage.publish_dir, folder, dest)
+    assert "--overwrite" in one_line_error(publishing.publish_dir, folder, dest)
     (folder / "metrics.parquet").unlink()
-    storage.publish_dir(folder, dest, overwrite=True)
-    assert storage.is_complete(dest) and not storage.exists(storage.join(dest, "metrics.parquet"))
+    publishing.publish_dir(folder, dest, overwrite=True)
+    assert publishing.is_complete(dest) and not storage.exists(storage.join(dest, "metrics.parquet"))
     assert storage.exists(storage.join(prefix, "r10", "keep.txt"))
 
 
@@ -179,33 +180,33 @@ def test_s3_interrupted_publish_is_not_complete(prefix, folder, monkeypatch, die
         return upload(local, to) if len(uploads) == 1 else 1 / 0
 
     if dies == "in the manifest":
-        monkeypatch.setattr(storage, "_manifest", lambda files: 1 / 0)
+        monkeypatch.setattr(publishing, "_manifest", lambda files: 1 / 0)
     else:
         monkeypatch.setattr(storage, "upload_file", first_upload_only)
     with pytest.raises(ZeroDivisionError):
-        storage.publish_dir(folder, dest)
-    assert storage.exists(dest) and not storage.is_complete(dest)  # objects are there, the manifest is not
+        publishing.publish_dir(folder, dest)
+    assert storage.exists(dest) and not publishing.is_complete(dest)  # objects are there, the manifest is not
     monkeypatch.undo()
-    storage.publish_dir(folder, dest)  # a half-written folder is no obstacle to publishing it again
-    assert storage.is_complete(dest)
+    publishing.publish_dir(folder, dest)  # a half-written folder is no obstacle to publishing it again
+    assert publishing.is_complete(dest)
 
 
 def test_s3_manifest_lists_a_missing_file(prefix, folder):
-    dest = storage.publish_dir(folder, storage.join(prefix, "r1"))
+    dest = publishing.publish_dir(folder, storage.join(prefix, "r1"))
     fs, path = storage.filesystem(storage.join(dest, "metrics.parquet"))
     fs.delete_file(path)
-    assert not storage.is_complete(dest)
+    assert not publishing.is_complete(dest)
 
 
 def test_s3_check_writable(prefix):
-    assert storage.check_writable(prefix + "/runs/", "--output") == prefix + "/runs"
+    assert capacity.check_writable(prefix + "/runs/", "--output") == prefix + "/runs"
     fs, path = storage.filesystem(prefix)
     left = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     assert [(i.base_name, i.type) for i in left] == [("runs", pafs.FileType.Directory)]  # like mkdir -p; no probe
 
 
 def test_s3_missing_bucket(s3_server):
-    message = one_line_error(storage.check_writable, "s3://nobucket-mnist/runs", "--output")
+    message = one_line_error(capacity.check_writable, "s3://nobucket-mnist/runs", "--output")
     assert message == (
         "--output s3://nobucket-mnist/runs: bucket nobucket-mnist does not exist (create it, or pass another bucket)"
     )
@@ -213,14 +214,14 @@ def test_s3_missing_bucket(s3_server):
 
 def test_s3_refused_credentials(prefix):
     with s3.refusing_credentials():
-        message = one_line_error(storage.check_writable, prefix, "--reports")
+        message = one_line_error(capacity.check_writable, prefix, "--reports")
     assert message.startswith(f"--reports {prefix}: access denied: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
 
 
 def test_s3_unreachable_endpoint(prefix, monkeypatch):
     endpoint = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    message = one_line_error(storage.check_writable, prefix, "--output")
+    message = one_line_error(capacity.check_writable, prefix, "--output")
     assert message.startswith(f"--output {prefix}: cannot reach {endpoint}") and "AWS_ENDPOINT_URL" in message
 
 
@@ -228,6 +229,6 @@ def test_a_published_folder_is_readable_by_others(tmp_path):
     """Reports, predictions and exports are shared: the 0700 of the temp folder they were built in is not kept."""
     with tempfile.TemporaryDirectory(dir=tmp_path) as built:
         (Path(built) / "metrics.parquet").write_bytes(b"x")
-        storage.publish_dir(Path(built), str(tmp_path / "report"))
+        publishing.publish_dir(Path(built), str(tmp_path / "report"))
     assert (tmp_path / "report").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "report" / "metrics.parquet").stat().st_mode & 0o044 == 0o044

@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 
 from mnist_ray import data
 from mnist_ray.errors import DataError
-from mnist_ray.files import storage
+from mnist_ray.files import publishing, storage
 from mnist_ray.inference import pipeline, scoring
 from mnist_ray.ray_workarounds import output
 
@@ -399,5 +399,5 @@ def publish(staging: str, target: str, counts: Counts, input_path: str, overwrit
             f"--input {storage.normalize(input_path)}: no readable image in {counts.unreadable} item(s) "
             f"(first: {counts.first_error})"
         )
-    storage.publish_staged(staging, target, overwrite)
+    publishing.publish_staged(staging, target, overwrite)
     return storage.join(storage.normalize(target), FILENAME)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, ConfigError
-from mnist_ray.files import lease, storage
+from mnist_ray.files import capacity, lease, storage
 from mnist_ray.inference import scoring
 from mnist_ray.reports import comparison, report, tracking
 from mnist_ray.settings import cli
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     joint = report.check_run_dir(opts.reports, comparison.PREFIX + base, opts.overwrite) if len(sources) > 1 else None
     folders = [*targets, *([joint] if joint else [])]
     prepared = comparison.prepare_all(sources, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
-    storage.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
+    capacity.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
     published: list[str] = []
     with (
         lease.holding(folders, [f"report {f}" for f in folders]),

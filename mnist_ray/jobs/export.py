@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_ray.cluster import stop
-from mnist_ray.files import lease, storage
+from mnist_ray.files import capacity, lease, publishing, storage
 from mnist_ray.inference import export, scoring
 from mnist_ray.reports import report
 from mnist_ray.settings import cli
@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if "onnx" in formats:
         export.check_onnx_available()
     output = opts.output or storage.join(DEFAULT_EXPORTS, report.new_run_id())
-    target = storage.check_new_folder(output, opts.overwrite)
+    target = publishing.check_new_folder(output, opts.overwrite)
     checkpoint = scoring.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
     state = checkpoints.load(checkpoint)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail here, before any write
-    storage.check_writable(storage.parent(target), "--output")  # the first write, after every other check
+    capacity.check_writable(storage.parent(target), "--output")  # the first write, after every other check
     with lease.holding([target], [f"export output {target}"]), stop.next_step(_NOTHING_PUBLISHED):
         return _export(opts, formats, target, checkpoint, state)
 
@@ -78,7 +78,7 @@ def _export(opts: ExportOptions, formats: tuple[str, ...], target: str, checkpoi
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnist_ray-export-") as tmp:
         meta = export.export(state, checkpoint, formats, Path(tmp))
-        storage.publish_dir(Path(tmp), target, opts.overwrite)
+        publishing.publish_dir(Path(tmp), target, opts.overwrite)
     for fmt, name in meta["files"].items():
         diff = meta["checked"]["max_abs_log_probability_difference"][fmt]
         emit(f"{fmt}: {storage.join(target, name)} (scores as the checkpoint does, to within {diff:.1g})")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.errors import ConfigError
-from mnist_ray.files import lease, storage
+from mnist_ray.files import capacity, lease, publishing, storage
 from mnist_ray.inference import pipeline, predict, scoring
 from mnist_ray.reports import report
 from mnist_ray.settings import cli
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("pass --input: a folder of images, an image, a Parquet or an IDX file (path or URI)")
     connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before reading anything
     output = opts.output or storage.join(DEFAULT_PREDICTIONS, report.new_run_id())
-    target = storage.check_new_folder(output, opts.overwrite)
+    target = publishing.check_new_folder(output, opts.overwrite)
     checkpoint = scoring.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
     state = checkpoints.load(checkpoint, dataset=opts.dataset)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a Ray task
     files = predict.discover(opts.input)  # names only: a missing or empty input is bad input, before Ray
-    storage.check_writable(storage.parent(target), "--output")  # the first write, after every check that needs no Ray
+    capacity.check_writable(storage.parent(target), "--output")  # the first write, after every check that needs no Ray
     with lease.holding([target], [f"prediction output {target}"]), stop.next_step(_NOTHING_PUBLISHED):
         return _predict(opts, ray_opts, target, checkpoint, state, files)
 
@@ -115,7 +115,7 @@ def _predict(opts: PredictOptions, ray_opts: RayOptions, target: str, checkpoint
         )
         written = predict.publish(staging, target, counts, opts.input, opts.overwrite)
     finally:
-        storage.remove_dir(staging)  # published (renamed or copied) or abandoned: nothing stays behind
+        publishing.remove_dir(staging)  # published (renamed or copied) or abandoned: nothing stays behind
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emit(f"{counts.scored} scored, {counts.unreadable} unreadable: {written} (driver peak RSS {peak:.0f} MB)")
     return 0

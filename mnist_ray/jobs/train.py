@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from mnist_ray import data
 from mnist_ray.cluster import connection, layout, stop
-from mnist_ray.files import lease, storage
+from mnist_ray.files import capacity, lease, storage
 from mnist_ray.reports import report, tracking
 from mnist_ray.settings import cli
 from mnist_ray.settings.config import DEFAULT_REPORTS, RayOptions, RunOptions, TrainConfig, check_name
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     arrays = trainer.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
     if after.evaluate:
         check_name("report id", report_id)
-        storage.check_writable(after.reports, "--reports")
+        capacity.check_writable(after.reports, "--reports")
     with lease.holding([opts.run_dir], [f"run {opts.name}"]), stop.next_step(lambda: resume_note(opts)):
         return _train(replace(settings, cfg=cfg, layout=request, opts=opts), arrays, report_id)
 

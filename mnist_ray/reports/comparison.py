@@ -25,7 +25,7 @@ import pandas as pd
 
 from mnist_ray import data
 
-from mnist_ray.files import storage
+from mnist_ray.files import publishing
 
 from mnist_ray.inference import scoring
 
@@ -161,7 +161,7 @@ def write_comparison(results: Sequence[Result], target: str, overwrite: bool = F
         plots.plot_comparison(panels, tmp / "comparison.png", class_names=info.classes, noun=info.noun)
         plots.plot_disagreements(_gallery_rows(results), tmp / "disagreements.png", class_names=info.classes)
         (tmp / "summary.md").write_text(_summary(target, table, panels, info, len(disagree["index"].unique())))
-        storage.publish_dir(tmp, target, overwrite=overwrite)
+        publishing.publish_dir(tmp, target, overwrite=overwrite)
     return table
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mnist_ray import data
 
-from mnist_ray.files import storage
+from mnist_ray.files import publishing, storage
 
 from mnist_ray.inference import scoring
 
@@ -81,7 +81,7 @@ def write_report(
         classes.to_parquet(tmp / "per_class.parquet", index=False)
         _figures(ev, matrix, errors, info, tmp)
         (tmp / "summary.md").write_text(_summary(metrics, errors, classes, info))
-        storage.publish_dir(tmp, target, overwrite=overwrite)
+        publishing.publish_dir(tmp, target, overwrite=overwrite)
     rebuild_history(target.rstrip("/").rsplit("/", 1)[0])
     return metrics
 
@@ -169,7 +169,7 @@ def rebuild_history(reports: str) -> pd.DataFrame:
     rows = []
     for run_id in sorted(storage.list_dirs(reports)):
         folder = storage.join(reports, run_id)
-        if not storage.is_complete(folder) or not storage.is_file(storage.join(folder, "metrics.parquet")):
+        if not publishing.is_complete(folder) or not storage.is_file(storage.join(folder, "metrics.parquet")):
             continue  # being written or interrupted, or a comparison of models: never part of the history
         try:
             with storage.local_copy(storage.join(folder, "metrics.parquet")) as local:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mnist_ray.files import storage
+from mnist_ray.files import capacity, publishing, storage
 from mnist_ray.errors import ConfigError
 
 EXPERIMENT = "mnist_ray"
@@ -102,7 +102,7 @@ def check(uri: str | None) -> str:
         raise ConfigError(f"--mlflow-uri needs MLflow ({exc.name} is not installed): {INSTALL}") from None
     folder = local_folder(uri)
     if folder is not None:
-        storage.check_writable(str(folder), "--mlflow-uri")
+        capacity.check_writable(str(folder), "--mlflow-uri")
         _open(mlflow, uri)
     elif scheme in ("http", "https"):
         _reach(uri)
@@ -331,5 +331,5 @@ def log_evaluation(uri: str | None, report_dir: str, metrics: dict[str, Any]) ->
 
 def report_files(report_dir: str, under: str) -> dict[str, str]:
     """Every file of a complete report (its manifest's list, and the manifest), each with its artifact folder."""
-    listed = json.loads(storage.read_text(storage.join(report_dir, storage.MANIFEST)))["files"]
-    return {storage.join(report_dir, f): "/".join([under, *f.split("/")[:-1]]) for f in [*listed, storage.MANIFEST]}
+    listed = json.loads(storage.read_text(storage.join(report_dir, publishing.MANIFEST)))["files"]
+    return {storage.join(report_dir, f): "/".join([under, *f.split("/")[:-1]]) for f in [*listed, publishing.MANIFEST]}

@@ -24,7 +24,7 @@ from ray.tune.schedulers import ASHAScheduler
 from mnist_ray import data
 from mnist_ray.cluster import stop
 from mnist_ray.errors import ConfigError, ResourceError
-from mnist_ray.files import storage
+from mnist_ray.files import capacity, storage
 from mnist_ray.files import storage as storage_lib  # run_trial's parameter is named storage (Tune passes it by name)
 from mnist_ray.ray_workarounds.placement_groups import PlacementGroupReaper, free_orphaned_placement_groups
 from mnist_ray.reports import sweep_report, tracking
@@ -329,7 +329,7 @@ def preflight(
     if options.resume:
         base, space, workers, options = load_spec(storage.join(run.run_dir, SPEC))
     arrays = data.load(base.dataset, run.data_dir)
-    storage.check_writable(run.output, "--output")
+    capacity.check_writable(run.output, "--output")
     return SweepPlan(base, space, options, workers, arrays)
 
 

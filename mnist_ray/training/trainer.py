@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 
 from mnist_ray import data
 from mnist_ray.errors import ConfigError, ResourceError
-from mnist_ray.files import storage
+from mnist_ray.files import capacity, publishing, storage
 from mnist_ray.ray_workarounds.placement_groups import free_orphaned_placement_groups
 from mnist_ray.ray_workarounds.rendezvous import LoopbackTorchConfig
 from mnist_ray.reports import plots, tracking
@@ -127,7 +127,7 @@ class _QueueCallback(UserCallback):
             self.acks.get(block=True)
 
     def after_exception(self, run_context, worker_exceptions) -> None:
-        full = next((e for e in worker_exceptions.values() if storage.is_disk_full(e)), None)
+        full = next((e for e in worker_exceptions.values() if capacity.is_disk_full(e)), None)
         if full is not None:  # restarting cannot make space: the driver ends the run (kills this controller)
             detail = " ".join(str(full).split())[-300:]
             self.queue.put_nowait({"disk_full": detail, "controller": _current_actor()})
@@ -227,7 +227,7 @@ def fit_with_progress(
         if acks is not None:
             ray.kill(acks.actor)
     if "disk_full" in box:
-        raise storage.DiskFull(box["disk_full"])
+        raise capacity.DiskFull(box["disk_full"])
     if "error" in box:
         raise box["error"]
     if "callback_error" in box:
@@ -276,11 +276,11 @@ def preflight(cfg: TrainConfig, opts: RunOptions) -> data.Arrays:
     """
     check_resume(cfg, opts.run_dir)
     arrays = data.load(cfg.dataset, opts.data_dir)
-    storage.check_writable(opts.output, "--output")
+    capacity.check_writable(opts.output, "--output")
     if opts.storage_path:
-        storage.check_writable(opts.storage_path, "--storage-path")
+        capacity.check_writable(opts.storage_path, "--storage-path")
     flag = "--storage-path" if opts.storage_path else "--output"
-    storage.check_space(storage.join(opts.storage, opts.name), space_needed(cfg, opts), flag)
+    capacity.check_space(storage.join(opts.storage, opts.name), space_needed(cfg, opts), flag)
     return arrays
 
 
@@ -313,10 +313,10 @@ def train(
     with tracking.ended(run):
         try:
             result = fit_with_progress(lambda cbs: make_trainer(cfg, opts, refs, cbs, run), on_epoch, opts.max_failures)
-        except storage.DiskFull:
+        except capacity.DiskFull:
             free_orphaned_placement_groups(settle_s=1.0, wait_s=10.0)  # the killed run's, if the API answers
             folder = storage.join(opts.storage, opts.name)
-            raise storage.disk_full(
+            raise capacity.disk_full(
                 folder, space_needed(cfg, opts), "free some space; the same command resumes"
             ) from None
         if result.error:
@@ -331,7 +331,7 @@ def prune_checkpoints(result, folder: str) -> list[str]:
     keep = {Path(c.path).name for c, _ in result.best_checkpoints} | {Path(result.checkpoint.path).name}
     orphans = [d for d in storage.list_dirs(folder) if d.startswith(checkpoints.RAY_DIR_PREFIX) and d not in keep]
     for name in orphans:
-        storage.remove_dir(storage.join(folder, name))
+        publishing.remove_dir(storage.join(folder, name))
     return orphans
 
 
