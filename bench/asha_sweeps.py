@@ -24,11 +24,11 @@ TINY = {"epochs": 2, "train_limit": 2048, "val_size": 512, "batch_size": 64, "au
 def one_sweep(folder: str, name: str) -> dict:
     """The suite's ASHA scenario once, in this process's Ray: its wall time and how ASHA ended each trial."""
     from mnist_ray.settings.config import RunOptions, TrainConfig
-    from mnist_ray.training import sweep
+    from mnist_ray.training import search, sweep
 
     run = RunOptions(name=name, output=folder)
-    space = sweep.SearchSpace(lr_values=(3e-3, 1e-6), optimizers=("adam",))
-    plan = sweep.preflight(TrainConfig(**TINY), space, sweep.SweepOptions(num_samples=1, max_concurrent=1), run)
+    space = search.SearchSpace(lr_values=(3e-3, 1e-6), optimizers=("adam",))
+    plan = search.preflight(TrainConfig(**TINY), space, search.SweepOptions(num_samples=1, max_concurrent=1), run)
     start = time.perf_counter()
     out = sweep.sweep(plan, run, emit=lambda line: None)
     return {"wall_s": round(time.perf_counter() - start, 1), "trials": out.trials_run, "stopped": out.stopped_early}

@@ -18,7 +18,7 @@ import pytest
 
 from mnist_ray.files import capacity, publishing
 from mnist_ray.jobs import evaluate
-from mnist_ray.training import checkpoints, trainer
+from mnist_ray.training import checkpoints, progress
 from tests import helpers
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -118,7 +118,7 @@ def test_a_refused_write_at_the_storage_layer_is_one_line(tmp_path, tiny_run, ca
 def test_a_full_disk_in_a_worker_ends_the_run_instead_of_restarting_it():
     """The controller-side callback: a disk-full worker error asks the driver to end the run; others restart."""
     events: list[dict] = []
-    callback = trainer._QueueCallback(SimpleNamespace(put_nowait=events.append), max_failures=2)
+    callback = progress._QueueCallback(SimpleNamespace(put_nowait=events.append), max_failures=2)
     callback.after_exception(None, {0: OSError(errno.ENOSPC, "No space left on device")})
     assert "disk_full" in events[0] and callback.failures == 0
     callback.after_exception(None, {1: RuntimeError("Connection reset by peer")})

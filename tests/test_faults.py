@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from mnist_ray.settings.config import RunOptions, TrainConfig
-from mnist_ray.training import trainer
+from mnist_ray.training import progress, trainer
 from tests import helpers
 from tests.conftest import REPO, REPORT_FILES, TINY
 
@@ -200,7 +200,7 @@ def test_ray_processes_started_by_the_tests_listen_on_loopback_only():
 def test_the_lost_worker_line_says_when_the_restarts_are_used_up():
     """The controller-side callback's lines, without a run: restarts counted, then the last one gives up."""
     lines: list[dict] = []
-    callback = trainer._QueueCallback(SimpleNamespace(put_nowait=lines.append), max_failures=1)
+    callback = progress._QueueCallback(SimpleNamespace(put_nowait=lines.append), max_failures=1)
     callback.after_report(None, [{"epoch": 3}], None)
     callback.after_exception(None, {1: RuntimeError("Connection reset by peer\nmore detail")})
     callback.after_exception(None, {0: RuntimeError("again")})

@@ -20,8 +20,10 @@ import pandas as pd
 import pytest
 
 from mnist_ray.errors import ConfigError
+from mnist_ray.files import folders
+from mnist_ray.files.folders import RunFolder
 from mnist_ray.jobs import evaluate, train, tune
-from mnist_ray.reports import tracking
+from mnist_ray.reports import mlflow_store, tracking
 from mnist_ray.settings.config import TrainConfig
 from tests.conftest import REPO, REPORT_FILES, TINY
 from tests.helpers import JobResult, assert_one_line_error, call, mlflow_artifacts, mlflow_client, mlflow_history
@@ -33,17 +35,17 @@ EPOCH_METRICS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"
 
 def test_uris_resolve_to_absolute_stores(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(tracking.ENV, raising=False)
-    assert tracking.resolve(None) == "" and tracking.resolve("") == ""
-    assert tracking.resolve("sqlite:///ml/mlflow.db") == f"sqlite:///{tmp_path}/ml/mlflow.db"
-    assert tracking.resolve(f"sqlite:///{tmp_path}/a.db") == f"sqlite:///{tmp_path}/a.db"
-    assert tracking.resolve("file:./mlruns") == tracking.resolve("mlruns") == (tmp_path / "mlruns").as_uri()
-    assert tracking.resolve("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    monkeypatch.setenv(tracking.ENV, "sqlite:///from-env.db")
-    assert tracking.resolve(None) == f"sqlite:///{tmp_path}/from-env.db"
-    assert tracking.local_folder(tracking.resolve(None)) == tmp_path
-    assert tracking.run_dir_of("s3://b/runs/r1/best_checkpoint/model.pt") == "s3://b/runs/r1"
-    assert tracking.run_dir_of("/runs/r1/checkpoint_epoch_002") == "/runs/r1"
+    monkeypatch.delenv(mlflow_store.ENV, raising=False)
+    assert mlflow_store.resolve(None) == "" and mlflow_store.resolve("") == ""
+    assert mlflow_store.resolve("sqlite:///ml/mlflow.db") == f"sqlite:///{tmp_path}/ml/mlflow.db"
+    assert mlflow_store.resolve(f"sqlite:///{tmp_path}/a.db") == f"sqlite:///{tmp_path}/a.db"
+    assert mlflow_store.resolve("file:./mlruns") == mlflow_store.resolve("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert mlflow_store.resolve("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    monkeypatch.setenv(mlflow_store.ENV, "sqlite:///from-env.db")
+    assert mlflow_store.resolve(None) == f"sqlite:///{tmp_path}/from-env.db"
+    assert mlflow_store.local_folder(mlflow_store.resolve(None)) == tmp_path
+    assert folders.run_of("s3://b/runs/r1/best_checkpoint/model.pt").path == "s3://b/runs/r1"
+    assert folders.run_of("/runs/r1/checkpoint_epoch_002").path == "/runs/r1"
 
 
 def test_without_a_uri_nothing_imports_mlflow():
@@ -51,13 +53,13 @@ def test_without_a_uri_nothing_imports_mlflow():
     code = (
         "import sys\n"
         "from mnist_ray.training import trainer, worker, sweep\n"
-        "from mnist_ray.reports import report, tracking\n"
+        "from mnist_ray.reports import mlflow_store, report, tracking\n"
         "from mnist_ray.jobs import train, tune, evaluate\n"
         "train.parse(['--preset', 'smoke'])\n"
-        "assert tracking.check(None) == ''\n"
+        "assert mlflow_store.check(None) == ''\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sqlalchemy', 'alembic')))\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k != tracking.ENV}
+    env = {k: v for k, v in __import__("os").environ.items() if k != mlflow_store.ENV}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
 
@@ -96,12 +98,12 @@ def test_a_local_store_is_refused_on_a_multi_node_cluster(tmp_path, monkeypatch)
 
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])  # what ray.nodes() says of 2 nodes
     with pytest.raises(ConfigError, match="this Ray cluster has 2 nodes .* use an MLflow server"):
-        tracking.check_nodes(tracking.resolve(f"sqlite:///{tmp_path}/mlflow.db"))
-    tracking.check_nodes("http://mlflow.internal:5000")  # a server every node reaches is fine
+        mlflow_store.check_nodes(mlflow_store.resolve(f"sqlite:///{tmp_path}/mlflow.db"))
+    mlflow_store.check_nodes("http://mlflow.internal:5000")  # a server every node reaches is fine
 
 
 def test_a_failed_or_interrupted_run_is_marked_so(tmp_path):
-    uri = tracking.check(f"sqlite:///{tmp_path}/mlflow.db")
+    uri = mlflow_store.check(f"sqlite:///{tmp_path}/mlflow.db")
     client = mlflow_client(uri)
     for error, status in [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED"), (None, "FINISHED")]:
         run = tracking._new_run(uri, tracking.EXPERIMENT, status.lower(), {})
@@ -138,7 +140,7 @@ def test_a_tracked_run_repeats_the_tiny_run_resumes_by_name_and_logs_its_evaluat
     cols = ["train_loss", "train_acc", "val_loss", "val_acc", "lr"]
     before = pd.read_parquet(runs / "tracked" / "history.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tiny_run[2].history)[cols], before[cols])  # the same seed
-    record = json.loads((runs / "tracked" / tracking.RECORD).read_text())
+    record = json.loads((runs / "tracked" / RunFolder.tracking).read_text())
     client = mlflow_client(uri)
     run = client.get_run(record["run_id"])
     assert f"mlflow run: {record['run_id']} in {uri}" in " ".join(first.stdout.split())
@@ -166,7 +168,7 @@ def test_a_tracked_run_repeats_the_tiny_run_resumes_by_name_and_logs_its_evaluat
     resumed = client.get_run(run.info.run_id)
     assert [step for step, _ in mlflow_history(client, run.info.run_id, "val_acc")] == [1, 2, 3]
     assert resumed.data.params["epochs"] == "2" and resumed.data.tags["resumed_with.epochs"] == "3"
-    assert json.loads((runs / "tracked" / tracking.RECORD).read_text()) == record
+    assert json.loads((runs / "tracked" / RunFolder.tracking).read_text()) == record
     _evaluations_of_a_tracked_and_an_untracked_checkpoint(client, uri, runs / "tracked", tmp_path, capsys)
 
 
@@ -179,7 +181,7 @@ def _evaluations_of_a_tracked_and_an_untracked_checkpoint(client, uri: str, run_
     args = ["--checkpoint", tracked, "--checkpoint", str(loose), "--reports", str(tmp_path / "reports2")]
     result = call(evaluate.main, capsys, *args, "--run-id", "ev", "--mlflow-uri", uri)
     assert result.returncode == 0, result.stderr[-3000:]
-    run_id = json.loads((run_dir / tracking.RECORD).read_text())["run_id"]
+    run_id = json.loads((run_dir / RunFolder.tracking).read_text())["run_id"]
     assert len(mlflow_history(client, run_id, "test_accuracy")) == 2  # train --evaluate, then this evaluation
     assert {f"evaluation/ev-tracked/{name}" for name in REPORT_FILES} <= mlflow_artifacts(client, run_id)
     experiment = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id

@@ -18,10 +18,11 @@ from ray import tune as tune_lib
 
 from mnist_ray.errors import ConfigError, ResourceError
 from mnist_ray.files import storage
+from mnist_ray.files.folders import RunFolder
 from mnist_ray.jobs import tune
-from mnist_ray.reports import tracking
+from mnist_ray.reports import mlflow_store, tracking
 from mnist_ray.settings.config import RunOptions, TrainConfig, load_config
-from mnist_ray.training import checkpoints, sweep
+from mnist_ray.training import checkpoints, search, sweep
 from tests import helpers
 from tests.conftest import REPO, TINY
 from tests.helpers import call, cluster_env, mlflow_artifacts, mlflow_client, mlflow_history
@@ -37,9 +38,9 @@ BASE = TrainConfig(**{**TINY, "epochs": 2})
 TINY_FLAGS = ["--epochs", "2", "--train-limit", "2048", "--val-size", "512", "--batch-size", "64", "--no-augment"]
 
 
-def _sweep(tmp_path, name: str, space: sweep.SearchSpace, mlflow_uri: str = "", **options) -> sweep.SweepResult:
+def _sweep(tmp_path, name: str, space: search.SearchSpace, mlflow_uri: str = "", **options) -> sweep.SweepResult:
     run = RunOptions(name=name, output=str(tmp_path), mlflow_uri=mlflow_uri)
-    return sweep.sweep(sweep.preflight(BASE, space, sweep.SweepOptions(**options), run), run)
+    return sweep.sweep(search.preflight(BASE, space, search.SweepOptions(**options), run), run)
 
 
 def _sampled(sweep_dir: Path) -> dict[str, dict]:
@@ -55,8 +56,8 @@ def _sampled(sweep_dir: Path) -> dict[str, dict]:
 @pytest.mark.timeout(SWEEP_TIMEOUT_S, method="signal")
 def test_sweep_of_four_trials_on_two_cpus_tracked_in_mlflow(tmp_path):
     """Four sampled trials, two at a time, with MLflow on (one sweep for both: each costs ~40 s)."""
-    space = sweep.SearchSpace(lr_min=1e-3, lr_max=1e-2, optimizers=("adam", "sgd"))
-    uri = tracking.check(f"sqlite:///{tmp_path}/mlflow.db")
+    space = search.SearchSpace(lr_min=1e-3, lr_max=1e-2, optimizers=("adam", "sgd"))
+    uri = mlflow_store.check(f"sqlite:///{tmp_path}/mlflow.db")
     out = _sweep(tmp_path, "four", space, mlflow_uri=uri, num_samples=4)
     trials = pd.read_parquet(out.trials)
     assert len(trials) == 4 and trials["error"].isna().all()
@@ -97,7 +98,7 @@ def _check_tracked_sweep(uri: str, out: sweep.SweepResult, trials: pd.DataFrame,
     assert summary.data.params["lr"] == str(json.loads(Path(out.best_config).read_text())["lr"])
     expected = {"trials.parquet", "tune.png", "best.json", "best_checkpoint/model.pt"}
     assert mlflow_artifacts(client, summary.info.run_id) == expected
-    assert json.loads((sweep_dir / tracking.RECORD).read_text())["run_id"] == out.mlflow_run_id
+    assert json.loads((sweep_dir / RunFolder.tracking).read_text())["run_id"] == out.mlflow_run_id
     events = list(sweep_dir.glob("run_trial_*/events.out.tfevents.*"))  # TensorBoard's, as the README says
     assert len(events) == len(trials)
 
@@ -135,13 +136,13 @@ def test_impossible_layout_fails_fast():
 def test_resume_or_new_name_is_checked_before_ray(tmp_path):
     run = RunOptions(name="x", output=str(tmp_path))
     with pytest.raises(ConfigError, match="no sweep to resume"):
-        sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(resume=True), run)
+        search.preflight(BASE, search.SearchSpace(), search.SweepOptions(resume=True), run)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "sweep.json").write_text("{}")
     with pytest.raises(ConfigError, match="exists: pass --resume"):
-        sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(), run)
+        search.preflight(BASE, search.SearchSpace(), search.SweepOptions(), run)
     with pytest.raises(ConfigError, match="sweep.json is damaged"):
-        sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(resume=True), run)
+        search.preflight(BASE, search.SearchSpace(), search.SweepOptions(resume=True), run)
 
 
 def test_a_resumed_sweep_keeps_its_reuse_actors_choice(tmp_path):
@@ -150,11 +151,11 @@ def test_a_resumed_sweep_keeps_its_reuse_actors_choice(tmp_path):
     spec = {"base": BASE.to_dict(), "space": {}, "workers": 1, "sweep": {"num_samples": 3, "reuse_actors": True}}
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "sweep.json").write_text(json.dumps(spec))
-    plan = sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(resume=True), run)
+    plan = search.preflight(BASE, search.SearchSpace(), search.SweepOptions(resume=True), run)
     assert plan.options.reuse_actors and plan.options.num_samples == 3 and plan.options.resume
     del spec["sweep"]["reuse_actors"]
     (tmp_path / "saved" / "sweep.json").write_text(json.dumps(spec))
-    plan = sweep.preflight(BASE, sweep.SearchSpace(), sweep.SweepOptions(resume=True, reuse_actors=True), run)
+    plan = search.preflight(BASE, search.SearchSpace(), search.SweepOptions(resume=True, reuse_actors=True), run)
     assert not plan.options.reuse_actors  # the saved definition wins over today's flags
 
 
@@ -169,9 +170,9 @@ def test_a_resumed_sweep_keeps_its_reuse_actors_choice(tmp_path):
 )
 def test_bad_search_spaces_are_refused(space, message):
     with pytest.raises(ConfigError, match=message):
-        sweep.SearchSpace(**space)
+        search.SearchSpace(**space)
     with pytest.raises(ConfigError, match="reduction-factor > 1"):
-        sweep.SweepOptions(reduction_factor=float("nan"))
+        search.SweepOptions(reduction_factor=float("nan"))
 
 
 def _tune_cmd(tmp_path, *extra):
@@ -261,8 +262,8 @@ def test_a_trial_whose_last_report_waits_on_a_slow_driver_does_not_hang_the_swee
     its closing result in that queue, and ``step`` then blocks forever putting the last report behind it.
     """
     run = RunOptions(name="slowdriver", output=str(tmp_path))
-    space = sweep.SearchSpace(lr_values=(3e-3,), optimizers=("adam",))
-    plan = sweep.preflight(BASE, space, sweep.SweepOptions(num_samples=1, max_concurrent=1), run)
+    space = search.SearchSpace(lr_values=(3e-3,), optimizers=("adam",))
+    plan = search.preflight(BASE, space, search.SweepOptions(num_samples=1, max_concurrent=1), run)
     out = sweep.sweep(plan, run, callbacks=(_SlowDriver(delay_s=25.0),))
     trials = pd.read_parquet(out.trials)
     assert len(trials) == 1 and trials["epochs_completed"].tolist() == [2]

@@ -103,12 +103,13 @@ def checkpoint_epochs(text: str) -> list[int]:
     return [int(n) for n in re.findall(RAY_CHECKPOINT_PREFIX + r"(\d+)", text)]
 
 
-def run_of(checkpoint: str) -> str:
-    """The run (or sweep) folder a checkpoint belongs to: ``<run>/<checkpoint folder>/model.pt`` -> ``<run>``."""
+def run_of(checkpoint: str) -> RunFolder:
+    """The run (or sweep) a checkpoint belongs to: ``<run>/<checkpoint folder>/model.pt`` -> ``<run>``."""
     folder = checkpoint.rstrip("/")
     if folder.endswith(".pt"):
         folder = folder.rsplit("/", 1)[0]
-    return folder.rsplit("/", 1)[0]
+    run = folder.rsplit("/", 1)[0]
+    return RunFolder(run, run)
 
 
 def checkpoint_label(checkpoint: str) -> str:

@@ -20,9 +20,9 @@ from mnist_ray import data
 from mnist_ray.cluster import connection
 from mnist_ray.errors import CheckpointError, ConfigError, ResourceError
 from mnist_ray.files import storage
+from mnist_ray.files.folders import DEFAULT_RUNS
 from mnist_ray.inference import pipeline
 from mnist_ray.ray_workarounds import output
-from mnist_ray.settings.config import DEFAULT_RUNS
 from mnist_ray.training import checkpoints, models
 
 

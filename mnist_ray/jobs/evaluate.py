@@ -16,10 +16,12 @@ from dataclasses import dataclass, replace
 from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, ConfigError
 from mnist_ray.files import capacity, lease, storage
+from mnist_ray.files.folders import DEFAULT_REPORTS
 from mnist_ray.inference import scoring
-from mnist_ray.reports import comparison, report, tracking
+from mnist_ray.reports import comparison, mlflow_store, report, tracking
 from mnist_ray.settings import cli
-from mnist_ray.settings.config import DEFAULT_REPORTS, RayOptions, Tracking, check_range, validate_fields
+from mnist_ray.settings.config import RayOptions, Tracking
+from mnist_ray.settings.rules import check_range, validate_fields
 
 emit = functools.partial(print, flush=True)
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     opts, ray_opts = cli.build(EvalOptions, args), cli.build(RayOptions, args)
     connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
-    mlflow_uri = tracking.check(cli.build(Tracking, args).mlflow_uri)  # MLflow installed, store usable
+    mlflow_uri = mlflow_store.check(cli.build(Tracking, args).mlflow_uri)  # MLflow installed, store usable
     base = opts.run_id or report.new_run_id()
     sources = comparison.resolve(opts.checkpoint, opts.run, opts.models_dir)
     run_ids = comparison.run_ids(sources, base) if len(sources) > 1 else [base]

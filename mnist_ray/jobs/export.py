@@ -19,7 +19,7 @@ from mnist_ray.files import capacity, lease, publishing, storage
 from mnist_ray.inference import export, scoring
 from mnist_ray.reports import report
 from mnist_ray.settings import cli
-from mnist_ray.settings.config import validate_fields
+from mnist_ray.settings.rules import validate_fields
 from mnist_ray.training import checkpoints
 
 emit = functools.partial(print, flush=True)

@@ -15,9 +15,11 @@ from dataclasses import dataclass, replace
 from mnist_ray import data
 from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.files import capacity, lease, storage
-from mnist_ray.reports import report, tracking
+from mnist_ray.files.folders import DEFAULT_REPORTS
+from mnist_ray.reports import mlflow_store, report, tracking
 from mnist_ray.settings import cli
-from mnist_ray.settings.config import DEFAULT_REPORTS, RayOptions, RunOptions, TrainConfig, check_name
+from mnist_ray.settings.config import RayOptions, RunOptions, TrainConfig
+from mnist_ray.settings.rules import check_name
 from mnist_ray.training import checkpoints, trainer
 
 emit = functools.partial(print, flush=True)
@@ -62,21 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse(argv)
     opts, after = settings.opts, settings.after
     connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
-    opts = replace(opts, mlflow_uri=tracking.check(opts.mlflow_uri) or None)  # MLflow installed, store usable
+    opts = replace(opts, mlflow_uri=mlflow_store.check(opts.mlflow_uri) or None)  # MLflow installed, store usable
     report_id = f"{opts.name}-{report.new_run_id()}"
     # A resumed run keeps the layout it started with; a new one decides its auto fields once Ray is up.
-    cfg, request = layout.adopt(settings.cfg, settings.layout, trainer.previous_config(opts.run_dir))
+    cfg, request = layout.adopt(settings.cfg, settings.layout, trainer.previous_config(opts.folder))
     arrays = trainer.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
     if after.evaluate:
         check_name("report id", report_id)
         capacity.check_writable(after.reports, "--reports")
-    with lease.holding([opts.run_dir], [f"run {opts.name}"]), stop.next_step(lambda: resume_note(opts)):
+    with lease.holding([opts.folder.path], [f"run {opts.name}"]), stop.next_step(lambda: resume_note(opts)):
         return _train(replace(settings, cfg=cfg, layout=request, opts=opts), arrays, report_id)
 
 
 def resume_note(opts: RunOptions) -> str:
     """What a stopped run does next: the epoch the same command resumes from (after the last complete checkpoint)."""
-    done = checkpoints.last_epoch(storage.join(opts.storage, opts.name))
+    done = checkpoints.last_epoch(opts.folder)
     return f"the same command resumes from epoch {done + 1}" + (f" (checkpoint of epoch {done} kept)" if done else "")
 
 
@@ -114,7 +116,7 @@ def headline(cfg: TrainConfig, opts: RunOptions) -> str:
     gpu = f" + {cfg.gpus_per_worker:g} GPU" if cfg.use_gpu else ""
     return (
         f"training {cfg.model} on {cfg.dataset}: {cfg.num_workers} workers x {cfg.cpus_per_worker} CPU{gpu}, "
-        f"{cfg.epochs} epochs, run {opts.name} in {opts.run_dir}"
+        f"{cfg.epochs} epochs, run {opts.name} in {opts.folder.path}"
     )
 
 

@@ -14,13 +14,13 @@ from dataclasses import replace
 
 from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.files import lease, storage
-from mnist_ray.reports import tracking
+from mnist_ray.reports import mlflow_store, tracking
 from mnist_ray.settings import cli
 from mnist_ray.settings.config import RayOptions, RunOptions
-from mnist_ray.training import sweep
+from mnist_ray.training import search, sweep
 
 emit = functools.partial(print, flush=True)
-JOB_DEFAULTS = {"epochs": sweep.SWEEP_EPOCHS}
+JOB_DEFAULTS = {"epochs": search.SWEEP_EPOCHS}
 """The sweep's own defaults, below a preset, --config and flags."""
 
 
@@ -34,18 +34,18 @@ def main(argv: list[str] | None = None) -> int:
         skip=("keep_checkpoints",),  # each trial keeps its best checkpoint only
         help_overrides={"name": "Sweep name; an existing sweep is continued only with --resume."},
     )
-    cli.add_fields(p.add_argument_group("search space"), sweep.SearchSpace, sweep.SearchSpace())
-    cli.add_fields(p.add_argument_group("scheduling"), sweep.SweepOptions, sweep.SweepOptions())
+    cli.add_fields(p.add_argument_group("search space"), search.SearchSpace, search.SearchSpace())
+    cli.add_fields(p.add_argument_group("scheduling"), search.SweepOptions, search.SweepOptions())
     args = p.parse_args(argv)
     run, ray_opts = cli.build(RunOptions, args), cli.build(RayOptions, args)
-    space, options = cli.build(sweep.SearchSpace, args), cli.build(sweep.SweepOptions, args)
+    space, options = cli.build(search.SearchSpace, args), cli.build(search.SweepOptions, args)
     base, request = cli.config_from_args(args, JOB_DEFAULTS)
     request = layout.for_autoscaling(request, run.wait_for_resources)
     workers = args.num_workers if isinstance(args.num_workers, int) else None  # None: the sweep's per-trial rule
     connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
-    run = replace(run, mlflow_uri=tracking.check(run.mlflow_uri) or None)  # MLflow installed, store usable
-    plan = sweep.preflight(base, space, options, run, workers=workers)
-    with lease.holding([run.run_dir], [f"sweep {run.name}"]), stop.next_step(lambda: _resume_note(run)):
+    run = replace(run, mlflow_uri=mlflow_store.check(run.mlflow_uri) or None)  # MLflow installed, store usable
+    plan = search.preflight(base, space, options, run, workers=workers)
+    with lease.holding([run.folder.path], [f"sweep {run.name}"]), stop.next_step(lambda: _resume_note(run)):
         if stop.installed():  # Tune's own SIGINT handler would replace the job's; the job asks Tune to stop
             os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         connection.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=True)
@@ -65,6 +65,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _resume_note(run: RunOptions) -> str:
     """What a stopped sweep does next: --resume continues it once its definition is saved."""
-    if storage.exists(storage.join(run.run_dir, sweep.SPEC)):
+    if storage.exists(run.folder.sweep_spec):
         return "rerun with --resume to continue the sweep (finished trials are kept)"
     return "nothing was started: the same command starts the sweep"

@@ -24,15 +24,11 @@ import numpy as np
 import pandas as pd
 
 from mnist_ray import data
-
-from mnist_ray.files import publishing
-
-from mnist_ray.inference import scoring
-
-from mnist_ray.reports import plots, report
-
-from mnist_ray.training import checkpoints
 from mnist_ray.errors import ConfigError
+from mnist_ray.files import publishing
+from mnist_ray.inference import scoring
+from mnist_ray.reports import plots, report
+from mnist_ray.training import checkpoints
 
 PREFIX = "compare-"
 """A comparison of the models evaluated under run id X is ``<reports>/compare-X/``."""

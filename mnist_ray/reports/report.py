@@ -18,14 +18,11 @@ import numpy as np
 import pandas as pd
 
 from mnist_ray import data
-
-from mnist_ray.files import publishing, storage
-
-from mnist_ray.inference import scoring
-
-from mnist_ray.reports import plots
-from mnist_ray.settings.config import check_name
 from mnist_ray.errors import MnistRayError
+from mnist_ray.files import publishing, storage
+from mnist_ray.inference import scoring
+from mnist_ray.reports import plots
+from mnist_ray.settings.rules import check_name
 
 log = logging.getLogger(__name__)
 GALLERY = 32

@@ -10,13 +10,12 @@ from typing import Any
 import pandas as pd
 from ray.train import Checkpoint
 
-from mnist_ray.files import storage
-
-from mnist_ray.reports import plots
-
-from mnist_ray.training import checkpoints
-from mnist_ray.settings.config import TrainConfig
 from mnist_ray.errors import MnistRayError
+from mnist_ray.files import storage
+from mnist_ray.files.folders import RunFolder
+from mnist_ray.reports import plots
+from mnist_ray.settings.config import TrainConfig
+from mnist_ray.training import checkpoints
 
 TOP_CURVES = 3
 
@@ -63,18 +62,16 @@ SWEEP_ONLY = ("epochs", "train_limit", "num_workers", "cpus_per_worker", "use_gp
 """Settings that shape a sweep (short trials, a subset, the per-trial layout), not the best recipe."""
 
 
-def write(
-    grid, out: str, params: list[str], cfg: TrainConfig, wall_s: float, storage_root: str, emit=print
-) -> dict[str, Any]:
-    """Write the sweep's reports into ``out`` (path or URI); return their locations and headline figures.
+def write(grid, out: RunFolder, params: list[str], cfg: TrainConfig, wall_s: float, emit=print) -> dict[str, Any]:
+    """Write the sweep's reports into its folder ``out``; return their locations and headline figures.
 
     best.json is the best trial's own resolved config without the sweep-only settings, so
     ``train.py --config best.json`` trains the full recipe with the train job's epochs, data and layout.
     """
-    trials, curves, configs = trial_rows(grid, params, cfg.epochs, storage_root)
+    trials, curves, configs = trial_rows(grid, params, cfg.epochs, out.storage_root)
     finished = trials.dropna(subset=["best_val_acc"])
     if finished.empty:
-        raise MnistRayError(f"no trial of sweep {out} reported a result; see the trial errors in {out}")
+        raise MnistRayError(f"no trial of sweep {out.path} reported a result; see the trial errors in {out.path}")
     best = finished.iloc[0]
     best_cfg = TrainConfig.from_dict({k: v for k, v in configs[best["trial_id"]].items() if k in cfg.to_dict()})
     recipe = {k: v for k, v in best_cfg.to_dict().items() if k not in SWEEP_ONLY}
@@ -84,16 +81,16 @@ def write(
     if dropped:
         emit(f"best.json leaves out the sweep-only settings {dropped}: train.py uses its own (or pass them)")
     with tempfile.TemporaryDirectory(prefix="mnist-ray-sweep") as folder:
-        tmp = Path(folder)
-        trials.to_parquet(tmp / "trials.parquet", index=False)
-        plots.plot_tune(trials, {t: curves[t] for t in finished["trial_id"][:TOP_CURVES]}, tmp / "tune.png")
-        (tmp / "best.json").write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
-        for name in ("trials.parquet", "tune.png", "best.json"):
-            storage.upload_file(tmp / name, storage.join(out, name))
+        local = RunFolder(folder, folder)
+        trials.to_parquet(local.trials, index=False)
+        plots.plot_tune(trials, {t: curves[t] for t in finished["trial_id"][:TOP_CURVES]}, Path(local.tune_plot))
+        Path(local.best_config).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+        for name in ("trials", "tune_plot", "best_config"):
+            storage.upload_file(Path(getattr(local, name)), getattr(out, name))
     return {
-        "trials": storage.join(out, "trials.parquet"),
-        "plot": storage.join(out, "tune.png"),
-        "best_config": storage.join(out, "best.json"),
+        "trials": out.trials,
+        "plot": out.tune_plot,
+        "best_config": out.best_config,
         "best_checkpoint": checkpoints.publish_best(Checkpoint(best["checkpoint_path"]), out),
         "best_trial": best["trial_id"],
         "best_val_acc": float(best["best_val_acc"]),

@@ -12,29 +12,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
-import re
-import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
 
-from mnist_ray.files import capacity, publishing, storage
-from mnist_ray.errors import ConfigError
+from mnist_ray.files import publishing, storage
+from mnist_ray.files.folders import BEST_CHECKPOINT, RunFolder, run_of
+from mnist_ray.reports import mlflow_store
+
+if TYPE_CHECKING:  # the trainer and the sweep import this module
+    from mnist_ray.settings.config import RunOptions, TrainConfig
+    from mnist_ray.training.sweep import SweepResult
+    from mnist_ray.training.trainer import TrainOutputs
 
 EXPERIMENT = "mnist_ray"
 """The experiment of training runs and of evaluations of checkpoints no tracked run made."""
-RECORD = "tracking.json"
-"""Beside a run's config.json: the MLflow store, experiment and run that the run logged to."""
-ENV = "MLFLOW_TRACKING_URI"
-INSTALL = "pip install '.[mlflow]'"
-SERVERS = ("http", "https", "databricks", "postgresql", "mysql", "mssql")
-"""Schemes of stores every node reaches (an MLflow server, Databricks, a database server), passed on unchanged."""
 TEST_METRICS = ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,146 +40,28 @@ class Run:
     run_id: str
 
 
-def resolve(uri: str | None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else "" (no tracking); local stores as absolute URIs.
-
-    Absolute, because Ray workers and Tune callbacks do not run in the job's working directory.
-    """
-    uri = (uri or os.environ.get(ENV, "")).strip()
-    scheme = _scheme(uri)
-    if scheme == "sqlite":
-        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
-        if not path:
-            raise ConfigError(f"--mlflow-uri {uri}: name the database file, e.g. sqlite:///mlruns/mlflow.db")
-        return "sqlite:///" + str(Path(path).expanduser().resolve())
-    if scheme == "file" or (uri and not scheme):
-        path = urlparse(uri).path if scheme else uri
-        return Path(path).expanduser().resolve().as_uri()
-    return uri
-
-
-def _scheme(uri: str) -> str:
-    """The lower-case scheme of ``uri``, "" for a plain path."""
-    match = _SCHEME.match(uri)
-    return match.group(1).lower().split("+")[0] if match else ""  # postgresql+psycopg2: postgresql
-
-
-def local_folder(uri: str) -> Path | None:
-    """The folder of a local store (a file store, or a SQLite database's folder); None for a server."""
-    scheme = _scheme(uri)
-    if scheme == "sqlite":
-        return Path(uri[len("sqlite:///") :]).parent
-    return Path(urlparse(uri).path) if scheme == "file" else None
-
-
-def check(uri: str | None) -> str:
-    """The resolved URI ("" without one), after proving it usable; run before Ray starts.
-
-    MLflow must be installed, a local store writable and openable, a server's port reachable: any problem is
-    one ConfigError naming --mlflow-uri and the fix.
-    """
-    uri = resolve(uri)
-    if not uri:
-        return ""
-    scheme = _scheme(uri)
-    if scheme not in ("sqlite", "file", *SERVERS):
-        raise ConfigError(
-            f"--mlflow-uri {uri}: unknown store scheme {scheme!r}: use sqlite:///path/mlflow.db or http://host:5000"
-        )
-    try:
-        import mlflow
-
-        if scheme == "sqlite":
-            import alembic  # noqa: F401 - MLflow's SQL store needs both; mlflow-skinny alone lacks them
-            import sqlalchemy  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(f"--mlflow-uri needs MLflow ({exc.name} is not installed): {INSTALL}") from None
-    folder = local_folder(uri)
-    if folder is not None:
-        capacity.check_writable(str(folder), "--mlflow-uri")
-        _open(mlflow, uri)
-    elif scheme in ("http", "https"):
-        _reach(uri)
-    return uri
-
-
-def _open(mlflow: Any, uri: str) -> None:
-    """Open a local store (creating its tables on first use); MLflow's refusal becomes one ConfigError."""
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # not "Creating initial MLflow database..."
-    try:
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001 - any failure to open the store is the user's URI
-        text = " ".join(str(exc).split())
-        if "MLFLOW_ALLOW_FILE_STORE" in text:
-            text = "MLflow 3 refuses file stores (set MLFLOW_ALLOW_FILE_STORE=true to allow one)"
-            db = f"sqlite:///{local_folder(uri)}/mlflow.db"
-            raise ConfigError(f"--mlflow-uri {uri}: {text}: use a SQLite store, --mlflow-uri {db}") from None
-        raise ConfigError(f"--mlflow-uri {uri}: cannot open the store ({text[:200]})") from None
-
-
-def _reach(uri: str) -> None:
-    """Fail at once on a tracking server nobody answers at (MLflow's own retries would take minutes)."""
-    url = urlparse(uri)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname or "", port), timeout=5).close()
-    except OSError as exc:
-        raise ConfigError(f"--mlflow-uri {uri}: no MLflow server answers ({exc.strerror or exc})") from None
-
-
-def _client(uri: str) -> Any:
-    import mlflow
-
-    return mlflow.MlflowClient(uri)
-
-
-def experiment(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created if new; a SQLite store's artifacts go to ``mlartifacts/`` beside it.
-
-    (MLflow's default for a SQLite store is ``./mlruns`` under the working directory of whichever process
-    creates the experiment.)
-    """
-    client = _client(uri)
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    folder = local_folder(uri) if _scheme(uri) == "sqlite" else None
-    location = (folder / "mlartifacts" / name).as_uri() if folder else None
-    return client.create_experiment(name, artifact_location=location)
-
-
-def check_nodes(uri: str) -> None:
-    """A local store is on this machine's disk: refuse it when a training worker may run on another node."""
-    import ray
-
-    nodes = sum(1 for n in ray.nodes() if n["Alive"])
-    if local_folder(uri) is not None and nodes > 1:
-        raise ConfigError(
-            f"--mlflow-uri {uri} is on this machine, but this Ray cluster has {nodes} nodes and rank 0 logs "
-            "each epoch from its own node: use an MLflow server, --mlflow-uri http://host:5000"
-        )
-
-
-def recorded_run(uri: str, run_dir: str) -> Run | None:
-    """The MLflow run ``<run_dir>/tracking.json`` records in this store, if it is still there (damaged: none)."""
-    file = storage.join(run_dir, RECORD)
+def recorded_run(uri: str, folder: RunFolder) -> Run | None:
+    """The MLflow run the run ``folder`` recorded in this store, if it is still there (damaged: none)."""
+    file = folder.tracking
     try:
         run = Run(**json.loads(storage.read_text(file))) if storage.is_file(file) else None
         if run is not None and run.uri == uri:
-            _client(uri).get_run(run.run_id)
+            mlflow_store.client(uri).get_run(run.run_id)
             return run
     except Exception:  # noqa: BLE001 - a damaged record, or a run deleted from the store: a new run is made
         pass
     return None
 
 
-def _new_run(uri: str, experiment_name: str, name: str, tags: dict[str, str], record_in: str | None = None) -> Run:
-    """Create an MLflow run; with ``record_in``, record it in ``<record_in>/tracking.json``."""
-    experiment_id = experiment(uri, experiment_name)
-    info = _client(uri).create_run(experiment_id, run_name=name, tags=tags).info
+def _new_run(
+    uri: str, experiment_name: str, name: str, tags: dict[str, str], record_in: RunFolder | None = None
+) -> Run:
+    """Create an MLflow run; with ``record_in``, record it in that run folder."""
+    experiment_id = mlflow_store.experiment(uri, experiment_name)
+    info = mlflow_store.client(uri).create_run(experiment_id, run_name=name, tags=tags).info
     run = Run(uri, experiment_id, info.run_id)
     if record_in:
-        storage.write_text(storage.join(record_in, RECORD), json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+        storage.write_text(record_in.tracking, json.dumps(dataclasses.asdict(run), indent=2) + "\n")
     return run
 
 
@@ -194,29 +70,30 @@ def log_metrics(run: Run, metrics: dict[str, Any]) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    _client(run.uri).log_batch(run.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    mlflow_store.client(run.uri).log_batch(run.run_id, metrics=batch)
 
 
 def log_params(run: Run, params: dict[str, Any]) -> None:
     """Log ``params``; a resumed run keeps its first values (MLflow's are immutable): changed ones become tags."""
     from mlflow.entities import Param, RunTag
 
-    client = _client(run.uri)
+    client = mlflow_store.client(run.uri)
     logged = client.get_run(run.run_id).data.params
     new = [Param(k, str(v)) for k, v in params.items() if k not in logged]
     changed = [RunTag(f"resumed_with.{k}", str(v)) for k, v in params.items() if k in logged and logged[k] != str(v)]
     client.log_batch(run.run_id, params=new, tags=changed)
 
 
-def start_training(cfg: Any, opts: Any) -> Run | None:
-    """The MLflow run of training run ``opts.run_dir`` (the recorded one when resuming), with its parameters."""
+def start_training(cfg: TrainConfig, opts: RunOptions) -> Run | None:
+    """The MLflow run of the training run ``opts`` names (the recorded one when resuming), with its parameters."""
     if not opts.mlflow_uri:
         return None
-    check_nodes(opts.mlflow_uri)
-    run = recorded_run(opts.mlflow_uri, opts.run_dir)
+    mlflow_store.check_nodes(opts.mlflow_uri)
+    run = recorded_run(opts.mlflow_uri, opts.folder)
     if run is None:
-        tags = {"mnist_ray.kind": "train", "mnist_ray.run_dir": opts.run_dir}
-        run = _new_run(opts.mlflow_uri, EXPERIMENT, opts.name, tags, opts.run_dir)
+        tags = {"mnist_ray.kind": "train", "mnist_ray.run_dir": opts.folder.path}
+        run = _new_run(opts.mlflow_uri, EXPERIMENT, opts.name, tags, opts.folder)
     log_params(run, cfg.to_dict())
     return run
 
@@ -252,23 +129,23 @@ def ended(run: Run | None) -> Iterator[None]:
         status = "KILLED"
         raise
     finally:
-        _client(run.uri).set_terminated(run.run_id, status)
+        mlflow_store.client(run.uri).set_terminated(run.run_id, status)
 
 
 def log_files(run: Run, files: dict[str, str]) -> None:
     """Log each file (a path or URI) as an artifact under its folder in ``files``."""
-    client = _client(run.uri)
+    client = mlflow_store.client(run.uri)
     for path, folder in files.items():
         with storage.local_copy(path) as local:
             client.log_artifact(run.run_id, str(local), artifact_path=folder or None)
 
 
-def log_training(run: Run | None, out: Any) -> Any:
+def log_training(run: Run | None, out: TrainOutputs) -> TrainOutputs:
     """Log a finished run's outputs and best validation figures; ``out`` with its MLflow run id."""
     if run is None:
         return out
     log_metrics(run, {f"best_{k}": out.best_metrics[k] for k in ("val_acc", "val_loss", "epoch")})
-    log_files(run, {out.curves: "", out.history: "", out.config: "", out.best_checkpoint: "best_checkpoint"})
+    log_files(run, {out.curves: "", out.history: "", out.config: "", out.best_checkpoint: BEST_CHECKPOINT})
     return dataclasses.replace(out, mlflow_run_id=run.run_id)
 
 
@@ -283,30 +160,24 @@ def tune_callbacks(uri: str | None, name: str) -> list:
         return []
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    experiment(uri, sweep_experiment(name))  # created here, so its artifacts land beside a SQLite store
+    mlflow_store.experiment(uri, sweep_experiment(name))  # created here, so its artifacts land beside a SQLite store
     tags = {"mnist_ray.kind": "trial", "mnist_ray.sweep": name}
     callback = MLflowLoggerCallback(uri, experiment_name=sweep_experiment(name), tags=tags, save_artifact=True)
     return [callback]
 
 
-def log_sweep(opts: Any, result: Any) -> str | None:
+def log_sweep(opts: RunOptions, result: SweepResult) -> str | None:
     """A run named after the sweep, in its experiment: best config, headline figures, reports, best checkpoint."""
     if not opts.mlflow_uri:
         return None
-    tags = {"mnist_ray.kind": "sweep", "mnist_ray.run_dir": opts.run_dir, "mnist_ray.best_trial": result.best_trial}
-    run = _new_run(opts.mlflow_uri, sweep_experiment(opts.name), opts.name, tags, opts.run_dir)
+    tags = {"mnist_ray.kind": "sweep", "mnist_ray.run_dir": opts.folder.path, "mnist_ray.best_trial": result.best_trial}
+    run = _new_run(opts.mlflow_uri, sweep_experiment(opts.name), opts.name, tags, opts.folder)
     with ended(run):
         log_params(run, json.loads(storage.read_text(result.best_config)))
         log_metrics(run, {k: getattr(result, k) for k in ("best_val_acc", "wall_s", "trials_run", "stopped_early")})
         files = {result.trials: "", result.plot: "", result.best_config: ""}
-        log_files(run, {**files, result.best_checkpoint: "best_checkpoint"})
+        log_files(run, {**files, result.best_checkpoint: BEST_CHECKPOINT})
     return run.run_id
-
-
-def run_dir_of(checkpoint: str) -> str:
-    """The run (or sweep) folder a checkpoint file belongs to: ``<run>/<checkpoint folder>/model.pt`` -> ``<run>``."""
-    folder = checkpoint.rstrip("/").rsplit("/", 1)[0] if checkpoint.endswith(".pt") else checkpoint.rstrip("/")
-    return folder.rsplit("/", 1)[0]
 
 
 def log_evaluation(uri: str | None, report_dir: str, metrics: dict[str, Any]) -> str | None:
@@ -317,7 +188,7 @@ def log_evaluation(uri: str | None, report_dir: str, metrics: dict[str, Any]) ->
     if not uri:
         return None
     report_id = metrics["run_id"]
-    run = recorded_run(uri, run_dir_of(metrics["checkpoint"]))
+    run = recorded_run(uri, run_of(metrics["checkpoint"]))
     own = run is None
     if own:
         tags = {"mnist_ray.kind": "evaluation", "mnist_ray.report": report_dir}

@@ -26,7 +26,6 @@ from typing import Any
 from mnist_ray.cluster import layout, stop
 from mnist_ray.errors import EXIT_USAGE, MnistRayError
 from mnist_ray.settings.config import (
-    CHOICES,
     PRESETS,
     RayOptions,
     RunOptions,
@@ -34,6 +33,7 @@ from mnist_ray.settings.config import (
     load_config,
     load_with_request,
 )
+from mnist_ray.settings.rules import choices_of
 
 STOPPED_EXIT_S = 2.0
 """After a stop signal the process is gone within this many seconds, even if Ray's shutdown hangs."""
@@ -123,7 +123,7 @@ def add_fields(
                 kwargs.update(nargs=nargs, metavar=f.name.upper().split("_")[-1])
             if nargs == "+":  # repeatable: --run A --run B (or --run A B); unset, build keeps the field's default
                 kwargs.update(action="extend", default=None)
-            choices = CHOICES.get(f.name) or (CHOICES.get(f.name.removesuffix("s")) if nargs else None)
+            choices = choices_of(f.name, plural=nargs is not None)
             if choices:  # a tuple field named in the plural (optimizers) takes the singular's choices
                 kwargs.update(choices=choices, metavar=None)
         group.add_argument("--" + f.name.replace("_", "-"), **kwargs)

@@ -228,5 +228,3 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         validate_fields(self)
-
-

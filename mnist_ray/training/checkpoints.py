@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import re
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,18 +20,13 @@ from torch import nn
 from mnist_ray import data
 from mnist_ray.errors import CheckpointError
 from mnist_ray.files import storage
+from mnist_ray.files.folders import CHECKPOINT_FILE, RunFolder, checkpoint_epochs
 from mnist_ray.training import models
 
 if TYPE_CHECKING:  # config imports this module's neighbours; only the annotation needs it
     from mnist_ray.settings.config import TrainConfig
 
-FILENAME = "model.pt"
-"""The file inside every checkpoint folder."""
-BEST = "best_checkpoint/" + FILENAME
-"""Where a finished run or sweep keeps its best checkpoint, relative to its folder."""
 FORMAT = 1
-RAY_DIR_PREFIX = "checkpoint_epoch_"
-"""Ray Train's checkpoint folders are ``checkpoint_epoch_NNN`` (named by the training loop's report)."""
 LEGACY_NORMALIZATION = data.Normalization(0.1307, 0.3081)
 """What checkpoints that predate the ``normalization`` entry were trained with: MNIST's figures, for
 both datasets (the loop used them for Fashion-MNIST too), so that is what they are scored with."""
@@ -44,18 +38,18 @@ def estimate_bytes(cfg: TrainConfig) -> int:
     return 3 * sum(p.numel() * p.element_size() for p in net.parameters()) + 64_000
 
 
-def last_epoch(folder: str) -> int:
-    """The epoch of the newest checkpoint Ray Train has recorded as complete under ``folder`` (0 if none).
+def last_epoch(run: RunFolder) -> int:
+    """The epoch of the newest checkpoint Ray Train has recorded as complete for ``run`` (0 if none).
 
     Ray Train lists a checkpoint in its manager snapshot only once it is fully persisted, so a checkpoint cut
     short (a stop signal, a full disk) is never the one counted here, nor the one a resume starts from.
     """
-    snapshot = storage.join(folder, "checkpoint_manager_snapshot.json")
+    snapshot = run.checkpoint_snapshot
     try:
         text = storage.read_text(snapshot) if storage.is_file(snapshot) else ""
     except storage.StorageError:
         return 0
-    return max((int(n) for n in re.findall(RAY_DIR_PREFIX + r"(\d+)", text)), default=0)
+    return max(checkpoint_epochs(text), default=0)
 
 
 def save(
@@ -72,7 +66,7 @@ def save(
 
     ``normalization``: the statistics the model was trained with (default: its dataset's own).
     """
-    path = Path(directory) / FILENAME
+    path = Path(directory) / CHECKPOINT_FILE
     stats = normalization or data.DATASET_INFO[config["dataset"]].normalization
     state = {
         "format": FORMAT,
@@ -97,8 +91,8 @@ def load(path: str | Path, model: str | None = None, dataset: str | None = None)
     ``model`` / ``dataset``, when given, must match what the checkpoint was trained on.
     """
     file = str(path)
-    if not storage.is_file(file) and storage.is_file(storage.join(file, FILENAME)):
-        file = storage.join(file, FILENAME)  # a checkpoint folder
+    if not storage.is_file(file) and storage.is_file(storage.join(file, CHECKPOINT_FILE)):
+        file = storage.join(file, CHECKPOINT_FILE)  # a checkpoint folder
     if not storage.is_file(file):
         raise CheckpointError(f"checkpoint {file} does not exist or is not a file: pass a model.pt or its folder")
     with storage.local_copy(file) as local:
@@ -132,7 +126,7 @@ def _check_layout(state: Any, name: str) -> None:
     """The keys and types :func:`save` writes; a file that loads but lacks them is not our checkpoint."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{name} is not an mnist_ray checkpoint (format {FORMAT})")
-    from mnist_ray.settings.config import CHOICES
+    from mnist_ray.settings.rules import CHOICES
 
     kinds = {"model": str, "dataset": str, "config": dict, "epoch": int, "history": list, "state_dict": dict}
     bad = sorted(key for key, kind in kinds.items() if not isinstance(state.get(key), kind))
@@ -153,11 +147,11 @@ def normalization(state: dict[str, Any]) -> data.Normalization:
     return data.Normalization(stats["mean"], stats["std"]) if stats else LEGACY_NORMALIZATION
 
 
-def publish_best(checkpoint: Any, run_dir: str) -> str:
-    """Copy a Ray Train ``Checkpoint``'s model.pt to ``<run_dir>/best_checkpoint/model.pt`` (atomically)."""
-    target = storage.join(run_dir, BEST)
+def publish_best(checkpoint: Any, run: RunFolder) -> str:
+    """Copy a Ray Train ``Checkpoint``'s model.pt to the run's best checkpoint (atomically)."""
+    target = run.best_checkpoint
     with checkpoint.as_directory() as folder:
-        storage.upload_file(Path(folder) / FILENAME, target)
+        storage.upload_file(Path(folder) / CHECKPOINT_FILE, target)
     return target
 
 

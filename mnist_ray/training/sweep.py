@@ -8,12 +8,11 @@ Each trial is a Tune function trainable that builds the same ``TorchTrainer`` as
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -21,110 +20,18 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import ASHAScheduler
 
-from mnist_ray import data
 from mnist_ray.cluster import stop
 from mnist_ray.errors import ConfigError, ResourceError
-from mnist_ray.files import capacity, storage
-from mnist_ray.files import storage as storage_lib  # run_trial's parameter is named storage (Tune passes it by name)
+from mnist_ray.files import storage
+from mnist_ray.files.folders import RunFolder
 from mnist_ray.ray_workarounds.placement_groups import PlacementGroupReaper, free_orphaned_placement_groups
 from mnist_ray.reports import sweep_report, tracking
-from mnist_ray.settings.config import CHOICES, RunOptions, TrainConfig, parse_json_object
-from mnist_ray.training import checkpoints, optim, trainer
+from mnist_ray.settings.config import RunOptions, TrainConfig
+from mnist_ray.training import checkpoints, progress, search, trainer
 
 log = logging.getLogger(__name__)
 METRIC = "val_acc"
-SPEC = "sweep.json"
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """What a sweep samples; each trial's config is the base config with these fields replaced."""
-
-    lr_min: float = 1e-4
-    """Lower end of the log-uniform learning-rate range."""
-    lr_max: float = 1e-1
-    """Upper end of the log-uniform learning-rate range."""
-    lr_values: tuple[float, ...] = ()
-    """Grid over these learning rates instead of sampling (each tried --num-samples times)."""
-    optimizers: tuple[str, ...] = tuple(optim.OPTIMIZERS)
-    """Optimizers sampled uniformly."""
-    models: tuple[str, ...] = ("cnn",)
-    """Models sampled uniformly."""
-    batch_sizes: tuple[int, ...] = ()
-    """Global batch sizes to sample from (none: keep the base config's)."""
-    weight_decay_range: tuple[float, float] | None = None
-    """Log-uniform weight-decay range MIN MAX (none: keep the base config's)."""
-
-    def __post_init__(self) -> None:
-        values = [self.lr_min, self.lr_max, *self.lr_values, *(self.weight_decay_range or ())]
-        if not all(math.isfinite(v) and v > 0 for v in values):
-            raise ConfigError("--lr-min, --lr-max, --lr-values and --weight-decay-range must be finite and positive")
-        if self.lr_min > self.lr_max or (
-            self.weight_decay_range and self.weight_decay_range[0] > self.weight_decay_range[1]
-        ):
-            raise ConfigError("a range's minimum must not exceed its maximum (--lr-min/--lr-max, --weight-decay-range)")
-        for name in ("optimizers", "models"):
-            valid = CHOICES[name.removesuffix("s")]
-            bad = sorted(set(getattr(self, name)) - set(valid))
-            if bad or not getattr(self, name):
-                raise ConfigError(f"unknown or empty --{name} {bad}; valid: {', '.join(valid)}")
-        if any(b < 1 for b in self.batch_sizes):
-            raise ConfigError("--batch-sizes must be positive")
-
-    @functools.cached_property
-    def param_space(self) -> dict[str, Any]:
-        """The Tune search space over TrainConfig field names (built once)."""
-        lr = tune.grid_search(list(self.lr_values)) if self.lr_values else tune.loguniform(self.lr_min, self.lr_max)
-        space: dict[str, Any] = {
-            "lr": lr,
-            "optimizer": tune.choice(list(self.optimizers)),
-            "model": tune.choice(list(self.models)),
-        }
-        if self.batch_sizes:
-            space["batch_size"] = tune.choice(list(self.batch_sizes))
-        if self.weight_decay_range:
-            space["weight_decay"] = tune.loguniform(*self.weight_decay_range)
-        return space
-
-    @property
-    def trials(self) -> int:
-        """Grid points per sample (1 unless --lr-values)."""
-        return max(len(self.lr_values), 1)
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    """How many trials, how ASHA prunes them, and whether to continue an interrupted sweep."""
-
-    num_samples: int = 8
-    """Trials to run (per --lr-values entry when gridding)."""
-    grace_period: int = 1
-    """ASHA: epochs a trial runs before it may be stopped."""
-    reduction_factor: float = 2.0
-    """ASHA: keep 1/factor of the trials at each rung (> 1)."""
-    max_concurrent: int = 0
-    """Trials at once (0 = as many as the cluster fits)."""
-    resume: bool = False
-    """Continue the interrupted sweep --name from its saved definition (search flags are ignored)."""
-    reuse_actors: bool = False
-    """Run the next trial in a finished trial's process (Tune's reuse_actors), skipping its start and imports.
-
-    Off by default, as in Ray: it sped a 4-trial sweep up (46.7 s against 55.4 s, bench/levers.py ``sweeps``),
-    but an 8-trial sweep with it stalled after 5 trials, with Tune waiting on its trial queue and no trial
-    running (bench/NOTES.md).
-    """
-
-    def __post_init__(self) -> None:
-        ok = self.num_samples >= 1 and self.grace_period >= 1 and self.max_concurrent >= 0
-        if not (ok and math.isfinite(self.reduction_factor) and self.reduction_factor > 1):
-            raise ConfigError(
-                "need --num-samples >= 1, --grace-period >= 1, --reduction-factor > 1 (finite), --max-concurrent >= 0"
-            )
-
-
-SWEEP_EPOCHS = 3
-"""Epochs per trial unless a preset, --config or --epochs says otherwise: sweeps compare short runs."""
 
 
 @dataclass(frozen=True)
@@ -179,34 +86,35 @@ def fit_layout(
     return cfg, min(concurrency, max_concurrent) if max_concurrent else concurrency
 
 
-def run_trial(config: dict[str, Any], data_refs: dict[str, tuple], storage: str, max_failures: int) -> None:
-    """Tune function trainable: one Ray Train run of the shared loop, named after the trial."""
+def run_trial(config: dict[str, Any], data_refs: dict[str, tuple], trial_root: str, max_failures: int) -> None:
+    """Tune function trainable: one Ray Train run of the shared loop, named after the trial, under ``trial_root``."""
     cfg = TrainConfig.from_dict(config)
-    trial = tune.get_context().get_trial_id()
-    if _report_if_finished(cfg, storage_lib.join(storage, trial)):
+    opts = RunOptions(
+        name=tune.get_context().get_trial_id(), storage_path=trial_root, keep_checkpoints=1, max_failures=max_failures
+    )
+    if _report_if_finished(cfg, opts.folder):
         return
-    opts = RunOptions(name=trial, storage_path=storage, keep_checkpoints=1, max_failures=max_failures)
     # Each report reaches Tune from this thread, through the function trainable's own handshake. Ray Train's
     # TuneReportCallback hands reports over through a second queue that Tune 2.60's step() drains into a result
     # queue of size 1: when this function returned before step() took the last report, Tune's closing result
     # filled that queue first and step() blocked forever (the sweep hung; tests/test_tuning.py reproduces it).
     make = functools.partial(trainer.make_trainer, cfg, opts, data_refs)
-    result = trainer.fit_with_progress(lambda cbs: make(callbacks=cbs), tune.report, max_failures, in_step=True)
+    result = progress.fit_with_progress(lambda cbs: make(callbacks=cbs), tune.report, max_failures, in_step=True)
     if result.error:
         raise result.error
 
 
-def _report_if_finished(cfg: TrainConfig, folder: str) -> bool:
+def _report_if_finished(cfg: TrainConfig, trial: RunFolder) -> bool:
     """A resumed sweep's trial whose Train run finished as the sweep was stopped: report its last epoch to Tune.
 
     Its Train run would resume complete and report nothing, and Tune would fail the trial for lacking the metric.
     """
-    done = checkpoints.last_epoch(folder)
+    done = checkpoints.last_epoch(trial)
     if done < cfg.epochs:
         return False
-    latest = storage_lib.join(folder, f"{checkpoints.RAY_DIR_PREFIX}{done:03d}")
+    latest = trial.epoch_checkpoint(done)
     metrics = checkpoints.load(latest)["history"][-1]
-    tune.report({**metrics, CHECKPOINT_PATH_KEY: storage_lib.filesystem(latest)[1]})
+    tune.report({**metrics, CHECKPOINT_PATH_KEY: storage.filesystem(latest)[1]})
     return True
 
 
@@ -243,8 +151,8 @@ def _fmt(value: Any) -> str:
 
 def make_tuner(
     cfg: TrainConfig,
-    space: SearchSpace,
-    sweep_opts: SweepOptions,
+    space: search.SearchSpace,
+    sweep_opts: search.SweepOptions,
     run: RunOptions,
     concurrency: int,
     refs,
@@ -255,12 +163,12 @@ def make_tuner(
     ``callbacks``: more Tune callbacks on the driver, after the sweep's own (its trial log, MLflow).
     """
     trainable = tune.with_parameters(
-        run_trial, data_refs=refs, storage=storage.join(run.storage, run.name, "train"), max_failures=run.max_failures
+        run_trial, data_refs=refs, trial_root=run.folder.trial_runs, max_failures=run.max_failures
     )
     # The trial only drives its TorchTrainer (whose workers reserve the CPUs/GPUs): reserve memory, no CPU,
     # so a 2-CPU machine runs two 1-worker trials at once. Ray rejects an all-zero request.
     trainable = tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
-    path = storage.join(run.storage, run.name)
+    path = run.folder.checkpoints
     if sweep_opts.resume:
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"sweep {path} has no saved Tune state to resume: start a new sweep with another --name")
@@ -285,7 +193,7 @@ def make_tuner(
         ),
         run_config=tune.RunConfig(
             name=run.name,
-            storage_path=run.storage,
+            storage_path=run.folder.storage_root,
             verbose=0,
             callbacks=[
                 _TrialLog(list(space.param_space), cfg.epochs),
@@ -296,44 +204,9 @@ def make_tuner(
     )
 
 
-def check_new_or_resumable(run: RunOptions, resume: bool) -> None:
-    """A new sweep needs a free name; --resume needs a sweep to continue (checked before Ray starts)."""
-    spec = storage.join(run.run_dir, SPEC)
-    if resume and not storage.is_file(spec):
-        raise ConfigError(f"no sweep to resume: {spec} does not exist; drop --resume to start one")
-    if not resume and storage.exists(spec):
-        raise ConfigError(f"sweep {run.run_dir} exists: pass --resume to continue it, or a new --name")
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """A sweep's definition after the checks that need no Ray, with its data parsed and verified."""
-
-    base: TrainConfig
-    space: SearchSpace
-    options: SweepOptions
-    workers: int | None
-    """Workers per trial; None derives it from the cluster."""
-    arrays: data.Arrays
-
-
-def preflight(
-    base: TrainConfig, space: SearchSpace, options: SweepOptions, run: RunOptions, workers: int | None = None
-) -> SweepPlan:
-    """Check the name, load a resumed sweep's saved definition (sweep.json), parse the data, probe the output.
-
-    With ``resume`` the saved base config, space, workers and options replace the arguments, so changed
-    flags cannot corrupt a sweep.
-    """
-    check_new_or_resumable(run, options.resume)
-    if options.resume:
-        base, space, workers, options = load_spec(storage.join(run.run_dir, SPEC))
-    arrays = data.load(base.dataset, run.data_dir)
-    capacity.check_writable(run.output, "--output")
-    return SweepPlan(base, space, options, workers, arrays)
-
-
-def sweep(sp: SweepPlan, run: RunOptions, emit=log.info, callbacks: tuple[tune.Callback, ...] = ()) -> SweepResult:
+def sweep(
+    sp: search.SweepPlan, run: RunOptions, emit=log.info, callbacks: tuple[tune.Callback, ...] = ()
+) -> SweepResult:
     """Run (or resume) a sweep and write trials.parquet, tune.png, best.json and the best checkpoint.
 
     ``callbacks``: more Tune callbacks on the driver (see :func:`make_tuner`).
@@ -351,8 +224,7 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info, callbacks: tuple[tune.C
     start = time.perf_counter()
     tuner = make_tuner(cfg, space, options, run, concurrency, trainer.put_data(cfg, sp.arrays), callbacks)
     if not options.resume:
-        spec = {"base": sp.base.to_dict(), "space": asdict(space), "workers": sp.workers, "sweep": asdict(options)}
-        storage.write_text(storage.join(run.run_dir, SPEC), json.dumps(spec, indent=2) + "\n")
+        search.save_spec(sp, run)
     with PlacementGroupReaper(on_free=_say_freed), stop.graceful(_interrupt_tune):
         grid = tuner.fit()
     stop.check()  # a stop signal ended the sweep early: Tune saved its state; nothing is reported
@@ -360,7 +232,8 @@ def sweep(sp: SweepPlan, run: RunOptions, emit=log.info, callbacks: tuple[tune.C
     wall_s = ended - start
     _say_freed(free_orphaned_placement_groups())
     log.debug("post-sweep placement-group check: %.1f s", time.perf_counter() - ended)
-    out = SweepResult(**sweep_report.write(grid, run.run_dir, list(space.param_space), cfg, wall_s, run.storage, emit))
+    report = sweep_report.write(grid, run.folder, list(space.param_space), cfg, wall_s, emit)
+    out = SweepResult(**report)
     return replace(out, mlflow_run_id=tracking.log_sweep(run, out))  # with --mlflow-uri: reports, best checkpoint
 
 
@@ -380,14 +253,3 @@ def _interrupt_tune(signum: int) -> None:
 def _say_freed(n: int) -> None:
     if n:
         log.warning("freed %d placement group(s) that stopped trials left holding CPUs (a Ray Train race)", n)
-
-
-def load_spec(path: str) -> tuple[TrainConfig, SearchSpace, int | None, SweepOptions]:
-    """The base config, search space, workers and sweep options a sweep was started with (sweep.json)."""
-    try:
-        spec = parse_json_object(storage.read_text(path), str(path))
-        space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["space"].items()})
-        saved = SweepOptions(**{**spec.get("sweep", {}), "resume": True})
-        return TrainConfig.from_dict(spec["base"]), space, spec["workers"], saved
-    except (KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is damaged ({exc!r}): start a new sweep with another --name") from None
