@@ -3,7 +3,7 @@
     python -m bench.eval_pool
 
 Each run is a fresh process, as a job is: connect to a local Ray (2 CPUs), then evaluate the default run's best
-checkpoint four times into a temporary folder (``report.evaluate_to_report``, the job's whole path but the
+checkpoint four times into a temporary folder (``evaluation.evaluate_to_report``, the job's whole path but the
 imports and ``ray.init``). The first call is what one evaluation job pays; the next three are what a process that
 evaluates again pays (the test suite, the comparison of several runs, predictions after an evaluation). 3
 interleaved pairs; the seconds of scoring (``scoring.score``) and of the whole call. Results:
@@ -22,8 +22,7 @@ CALLS = 4
 PROBE = """
 import json, sys, tempfile, time
 from mnist_ray.cluster import connection
-from mnist_ray.inference import scoring
-from mnist_ray.reports import report
+from mnist_ray.inference import evaluation, scoring, sources
 
 connection.connect(num_cpus=2, dashboard=False)
 score, spans = scoring.score, []
@@ -39,7 +38,7 @@ scoring.score = timed
 calls = []
 for i in range(int(sys.argv[3])):
     start = time.perf_counter()
-    report.evaluate_to_report(sys.argv[1], tempfile.mkdtemp(), f"pool-{i}")
+    evaluation.evaluate_to_report(sys.argv[1], tempfile.mkdtemp(), f"pool-{i}")
     calls.append(round(time.perf_counter() - start, 2))
 print(json.dumps({"score_s": spans, "call_s": calls}))
 """

@@ -15,7 +15,7 @@ import torch
 from bench import common
 from mnist_ray import data
 from mnist_ray.cluster import connection
-from mnist_ray.inference import scoring
+from mnist_ray.inference import evaluation, scoring
 from mnist_ray.training import checkpoints, models
 
 REPEATS = 3
@@ -41,13 +41,13 @@ def main() -> None:
         common.train("cnn_default")
     walls = [common.evaluate(run_dir, f"bench-eval-{i}")[0] for i in range(REPEATS)]
     ckpt = run_dir / "best_checkpoint" / "model.pt"
-    prep = scoring.prepare(str(ckpt))
+    prep = evaluation.prepare(str(ckpt))
     arrays = data.load()
     big = data.write_test(common.WORK / "test_100k", np.tile(arrays.test_x, (10, 1, 1)), np.tile(arrays.test_y, 10))
     connection.connect()
-    scoring.predict(prep)  # warm: worker processes started once
+    evaluation.score_test_set(prep)  # warm: worker processes started once
     small = pairs(prep, arrays.test_x)
-    large = pairs(scoring.Prepared(str(ckpt), prep.state, big), np.tile(arrays.test_x, (10, 1, 1)))
+    large = pairs(evaluation.Prepared(str(ckpt), prep.state, big), np.tile(arrays.test_x, (10, 1, 1)))
     common.save(
         "evaluation",
         {
@@ -61,13 +61,13 @@ def main() -> None:
     ray.shutdown()  # later benchmarks start Ray of their own: never two local instances on 2 cores
 
 
-def pairs(prep: scoring.Prepared, images: np.ndarray) -> dict:
+def pairs(prep: evaluation.Prepared, images: np.ndarray) -> dict:
     """REPEATS interleaved (Ray Data, plain) passes over ``prep``'s test files (the plain loop over ``images``, the
     same pixels already in memory); rates, medians and the median of the pairs' ratios."""
     ray_rates, plain_rates = [], []
     for _ in range(REPEATS):
         start = time.perf_counter()
-        scoring.predict(prep)
+        evaluation.score_test_set(prep)
         ray_rates.append(round(prep.test.n / (time.perf_counter() - start)))
         plain_rates.append(round(plain(prep.state, images)))
     ratios = [r / p for r, p in zip(ray_rates, plain_rates, strict=True)]

@@ -36,7 +36,7 @@ import json, os, sys, tempfile, time
 lever, what, checkpoint = sys.argv[1:4]
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 from mnist_ray.cluster import connection
-from mnist_ray.reports import report
+from mnist_ray.inference import evaluation
 from mnist_ray.training import trainer
 from mnist_ray.settings.config import RunOptions, TrainConfig
 from tests.conftest import TINY
@@ -55,7 +55,7 @@ spans = []
 for i in range(3 if what == "fits" else 1):
     start = time.perf_counter()
     if what == "eval":
-        report.evaluate_to_report(checkpoint, tempfile.mkdtemp(), "lever")
+        evaluation.evaluate_to_report(checkpoint, tempfile.mkdtemp(), "lever")
     else:
         trainer.train(TrainConfig(**TINY), RunOptions(name=f"lever{i}", output=tempfile.mkdtemp()))
     spans.append(round(time.perf_counter() - start, 2))

@@ -182,4 +182,8 @@ def test_usage_example_is_a_valid_train_command_with_everything_on_s3(raw):
     cfg, opts, after = settings.cfg, settings.opts, settings.after
     assert cfg.use_gpu and cfg.num_workers == 4 and opts.wait_for_resources and after.evaluate
     assert not settings.layout.auto  # an autoscaling cluster: auto cannot see the GPU nodes yet
-    assert opts.output.startswith("s3://") and opts.storage.startswith("s3://") and after.reports.startswith("s3://")
+    assert (
+        opts.output.startswith("s3://")
+        and opts.folder.checkpoints.startswith("s3://")
+        and after.reports.startswith("s3://")
+    )

@@ -15,9 +15,10 @@ import pytest
 from matplotlib import image
 
 from mnist_ray import data
-from mnist_ray.inference import scoring
+from mnist_ray.files import folders
+from mnist_ray.inference import evaluation
 from mnist_ray.jobs import evaluate
-from mnist_ray.reports import comparison, report
+from mnist_ray.reports import comparison, metrics, report
 from mnist_ray.settings.config import TrainConfig
 from mnist_ray.training import checkpoints, models
 from tests.conftest import REPORT_FILES, TINY
@@ -44,8 +45,8 @@ def _result(
     preds["correct"] = preds["label"] == preds["predicted"]
     images = np.random.default_rng(0).integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
     test = data.write_test(tempfile.mkdtemp(prefix="mnist-ray-compare-"), images, np.array(labels))
-    ev = scoring.Evaluation(preds, f"/runs/{run_id}/best_checkpoint/model.pt", model, dataset, test)
-    return ev, {"run_id": run_id, "model": model, "dataset": dataset, **scoring.summary_metrics(preds)}
+    ev = evaluation.Evaluation(preds, f"/runs/{run_id}/best_checkpoint/model.pt", model, dataset, test)
+    return ev, {"run_id": run_id, "model": model, "dataset": dataset, **metrics.summary_metrics(preds)}
 
 
 def test_a_fashion_mnist_report_names_its_classes(tmp_path):
@@ -97,7 +98,7 @@ def test_run_ids_are_named_after_the_runs():
         "nb-smoke-1",
         "nb-smoke-2",
     ]
-    assert comparison.label("/r/tiny/checkpoint_epoch_002/model.pt") == "tiny-checkpoint_epoch_002"
+    assert folders.checkpoint_label("/r/tiny/checkpoint_epoch_002/model.pt") == "tiny-checkpoint_epoch_002"
 
 
 def _run(root: Path, name: str, dataset: str = "mnist") -> str:

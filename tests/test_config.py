@@ -87,8 +87,11 @@ def test_run_options_validate_names():
     for bad in ("../escape", "a" * 300, "line\nbreak", "", ".hidden"):
         with pytest.raises(ConfigError, match="plain folder name"):
             RunOptions(name=bad)
-    assert RunOptions(output="/tmp/x").storage == "/tmp/x"
-    assert RunOptions(output="/tmp/x", storage_path="s3://bucket/p").storage == "s3://bucket/p"
+    plain = RunOptions(output="/tmp/x").folder
+    assert plain.path == plain.checkpoints == "/tmp/x/mnist" and plain.storage_root == "/tmp/x"
+    apart = RunOptions(output="/tmp/x", storage_path="s3://bucket/p").folder
+    assert apart.path == "/tmp/x/mnist" and apart.checkpoints == "s3://bucket/p/mnist"
+    assert apart.storage_root == "s3://bucket/p" and apart.best_checkpoint == "/tmp/x/mnist/best_checkpoint/model.pt"
 
 
 def test_wrong_types_in_a_config_file_are_named(tmp_path):
@@ -105,4 +108,4 @@ def test_wrong_types_in_a_config_file_are_named(tmp_path):
 
 def test_relative_storage_path_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert RunOptions(storage_path="ckpts").storage == str(tmp_path / "ckpts")
+    assert RunOptions(storage_path="ckpts").folder.storage_root == str(tmp_path / "ckpts")

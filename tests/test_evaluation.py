@@ -11,9 +11,9 @@ from matplotlib import image
 
 from mnist_ray import data
 from mnist_ray.errors import EXIT_BELOW_THRESHOLD, CheckpointError, MnistRayError
-from mnist_ray.inference import scoring
+from mnist_ray.inference import evaluation, scoring, sources
 from mnist_ray.jobs import evaluate
-from mnist_ray.reports import report as reporting
+from mnist_ray.reports import metrics
 from tests.conftest import REPORT_FILES
 from tests.helpers import call
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 def report(tiny_run, tmp_path_factory):
     """One evaluation report of the tiny run's best checkpoint."""
     root = tmp_path_factory.mktemp("reports")
-    folder, metrics = reporting.evaluate_to_report(tiny_run[2].best_checkpoint, str(root), "first")
+    folder, metrics = evaluation.evaluate_to_report(tiny_run[2].best_checkpoint, str(root), "first")
     return root, Path(folder), metrics
 
 
@@ -64,7 +64,7 @@ def test_the_actor_pool_of_gpu_evaluations_scores_as_the_cpu_tasks_do(tiny_run, 
     """``--use-gpu`` keeps an actor pool (``scoring.score``); on CPUs it gives the tasks' predictions exactly."""
     _, folder, _ = report
     by_tasks = pd.read_parquet(folder / "predictions.parquet")
-    by_actors = scoring.predict(scoring.prepare(tiny_run[2].best_checkpoint), pool="actors").predictions
+    by_actors = evaluation.score_test_set(evaluation.prepare(tiny_run[2].best_checkpoint), pool="actors").predictions
     pd.testing.assert_frame_equal(by_actors[by_tasks.columns], by_tasks, check_dtype=False)
 
 
@@ -84,26 +84,26 @@ def test_the_pipeline_scores_the_test_files_as_the_model_does_in_this_process(ti
 
 def test_history_is_rebuilt_from_complete_reports(tiny_run, tmp_path):
     ckpt, root = tiny_run[2].best_checkpoint, str(tmp_path)
-    reporting.evaluate_to_report(ckpt, root, "first")
+    evaluation.evaluate_to_report(ckpt, root, "first")
     assert pd.read_parquet(tmp_path / "history.parquet")["run_id"].tolist() == ["first"]
     with pytest.raises(MnistRayError, match="already exists: pass --overwrite"):
-        reporting.evaluate_to_report(ckpt, root, "first")
+        evaluation.evaluate_to_report(ckpt, root, "first")
     (tmp_path / "half-written").mkdir()  # an interrupted report: files but no manifest
     (tmp_path / "half-written" / "metrics.parquet").write_bytes(b"PAR1 x")
-    reporting.evaluate_to_report(ckpt, root, "second")
+    evaluation.evaluate_to_report(ckpt, root, "second")
     history = pd.read_parquet(tmp_path / "history.parquet")
     assert history["run_id"].tolist() == ["first", "second"]  # the incomplete one is never listed
     assert image.imread(tmp_path / "history.png").shape[1] > 400
-    reporting.evaluate_to_report(ckpt, root, "second", overwrite=True)
+    evaluation.evaluate_to_report(ckpt, root, "second", overwrite=True)
     assert pd.read_parquet(tmp_path / "history.parquet")["run_id"].tolist() == ["first", "second"]
 
 
 def test_a_damaged_history_or_report_never_breaks_an_evaluation(tiny_run, tmp_path):
     ckpt = tiny_run[2].best_checkpoint
-    reporting.evaluate_to_report(ckpt, str(tmp_path), "old")
+    evaluation.evaluate_to_report(ckpt, str(tmp_path), "old")
     (tmp_path / "history.parquet").write_bytes(b"PAR1 x")  # a damaged history file
     (tmp_path / "old" / "metrics.parquet").write_bytes(b"PAR1 x")  # and a damaged complete report
-    _, metrics = reporting.evaluate_to_report(ckpt, str(tmp_path), "new")
+    _, metrics = evaluation.evaluate_to_report(ckpt, str(tmp_path), "new")
     assert metrics["accuracy"] > 0.8
     assert pd.read_parquet(tmp_path / "history.parquet")["run_id"].tolist() == ["new"]  # rebuilt, bad one skipped
 
@@ -121,22 +121,22 @@ def test_min_accuracy_exits_3_after_writing_the_report(tiny_run, tmp_path, capsy
 
 def test_checkpoint_resolution(tiny_run, tmp_path):
     run_dir = tiny_run[2].run_dir
-    assert scoring.resolve_checkpoint(run=run_dir) == tiny_run[2].best_checkpoint
-    assert scoring.resolve_checkpoint(models_dir=str(Path(run_dir).parent)) == tiny_run[2].best_checkpoint
-    assert scoring.resolve_checkpoint(checkpoint=str(Path(tiny_run[2].best_checkpoint).parent)).endswith("model.pt")
+    assert sources.resolve_checkpoint(run=run_dir) == tiny_run[2].best_checkpoint
+    assert sources.resolve_checkpoint(models_dir=str(Path(run_dir).parent)) == tiny_run[2].best_checkpoint
+    assert sources.resolve_checkpoint(checkpoint=str(Path(tiny_run[2].best_checkpoint).parent)).endswith("model.pt")
     with pytest.raises(CheckpointError, match="no finished run"):
-        scoring.resolve_checkpoint(models_dir=str(tmp_path))
+        sources.resolve_checkpoint(models_dir=str(tmp_path))
     with pytest.raises(CheckpointError, match="does not exist"):
-        scoring.resolve_checkpoint(checkpoint=str(tmp_path / "missing.pt"))
+        sources.resolve_checkpoint(checkpoint=str(tmp_path / "missing.pt"))
 
 
 def test_metrics_helpers_on_known_predictions():
     preds = pd.DataFrame({"label": [0, 0, 1, 1], "predicted": [0, 1, 1, 1], "loss": [0.1, 2.0, 0.1, 0.1]})
     preds["correct"] = preds["label"] == preds["predicted"]
-    m = scoring.confusion(preds, classes=2)
+    m = metrics.confusion(preds, classes=2)
     assert m.tolist() == [[1, 1], [0, 2]]
-    per = scoring.per_class(m)
+    per = metrics.per_class(m)
     assert per["precision"].tolist() == [1.0, pytest.approx(2 / 3)] and per["recall"].tolist() == [0.5, 1.0]
-    s = scoring.summary_metrics(preds, classes=2)
+    s = metrics.summary_metrics(preds, classes=2)
     assert s["accuracy"] == 0.75 and s["loss"] == pytest.approx(0.575)
     assert np.isclose(s["macro_f1"], (2 / 3 + 0.8) / 2)

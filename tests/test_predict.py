@@ -16,8 +16,8 @@ from PIL import Image
 
 from mnist_ray import data
 from mnist_ray.files import publishing, storage
+from mnist_ray.inference import evaluation
 from mnist_ray.inference import predict as lib
-from mnist_ray.inference import scoring
 from mnist_ray.jobs import predict
 from mnist_ray.settings.config import TrainConfig
 from mnist_ray.training import checkpoints, models
@@ -38,8 +38,8 @@ def test_images() -> np.ndarray:
 def reference(tiny_run, test_images, tmp_path_factory) -> pd.DataFrame:
     """The evaluation path's predictions for the same images: what every copy must get back."""
     test = data.write_test(tmp_path_factory.mktemp("reference"), test_images, np.zeros(N, np.int64))
-    prep = scoring.prepare(tiny_run[2].best_checkpoint, test=test)
-    return scoring.predict(prep, actors=1).predictions
+    prep = evaluation.prepare(tiny_run[2].best_checkpoint, test=test)
+    return evaluation.score_test_set(prep, actors=1).predictions
 
 
 def png(array: np.ndarray, mode: str = "L", size: int = 28) -> bytes:

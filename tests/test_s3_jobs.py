@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from mnist_ray.files import publishing, storage
-from mnist_ray.inference import scoring
+from mnist_ray.files.folders import RunFolder
+from mnist_ray.inference import sources
 from mnist_ray.jobs import evaluate, train
-from mnist_ray.training import checkpoints
 from tests.conftest import REPORT_FILES
 from tests.helpers import assert_one_line_error, call
 from tests.s3 import make_bucket
@@ -38,7 +38,7 @@ def test_train_with_every_output_on_s3_then_evaluate_there(prefix, capsys):
     result = call(train.main, capsys, *SMALL, "--output", runs, "--name", "s3run", "--evaluate", "--reports", reports)
     assert result.returncode == 0, result.stderr[-3000:]
     run = f"{runs}/s3run"
-    for name in ("history.parquet", "curves.png", "config.json", checkpoints.BEST):
+    for name in ("history.parquet", "curves.png", "config.json", RunFolder.best_checkpoint):
         assert storage.is_file(f"{run}/{name}"), name
     assert "checkpoint_epoch_001" in storage.list_dirs(run)  # Ray Train's own checkpoints, same bucket
     (first,) = storage.list_dirs(reports)
@@ -46,7 +46,7 @@ def test_train_with_every_output_on_s3_then_evaluate_there(prefix, capsys):
     assert len(_parquet(f"{run}/history.parquet")) == 1
 
     # the nightly evaluation of what the cluster trained into s3://, reports on s3://
-    assert scoring.resolve_checkpoint(models_dir=runs) == f"{run}/{checkpoints.BEST}"
+    assert sources.resolve_checkpoint(models_dir=runs) == f"{run}/{RunFolder.best_checkpoint}"
     args = ["--models-dir", runs, "--reports", reports, "--run-id", "nightly", "--actors", "1"]
     result = call(evaluate.main, capsys, *args, "--min-accuracy", "0.5")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -54,7 +54,7 @@ def test_train_with_every_output_on_s3_then_evaluate_there(prefix, capsys):
     names = {f"{d}/{n}" for d in [f"{reports}/nightly"] for n in REPORT_FILES}
     assert all(storage.is_file(n) for n in names)
     metrics = _parquet(f"{reports}/nightly/metrics.parquet")
-    assert metrics["passed"].iloc[0] and metrics["checkpoint"].iloc[0] == f"{run}/{checkpoints.BEST}"
+    assert metrics["passed"].iloc[0] and metrics["checkpoint"].iloc[0] == f"{run}/{RunFolder.best_checkpoint}"
     assert _parquet(f"{reports}/history.parquet")["run_id"].tolist() == [first, "nightly"]
 
 

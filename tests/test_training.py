@@ -103,7 +103,7 @@ def test_checkpoints_ray_no_longer_tracks_are_pruned(tiny_run, tmp_path):
     import shutil
     from types import SimpleNamespace
 
-    storage_dir = Path(tiny_run[1].storage) / tiny_run[1].name
+    storage_dir = Path(tiny_run[1].folder.checkpoints)
     copy = tmp_path / "run"
     shutil.copytree(storage_dir, copy)
     kept = sorted(d.name for d in copy.glob("checkpoint_epoch_*"))

@@ -22,7 +22,7 @@ from mnist_ray.files.folders import RunFolder
 from mnist_ray.jobs import tune
 from mnist_ray.reports import mlflow_store, tracking
 from mnist_ray.settings.config import RunOptions, TrainConfig, load_config
-from mnist_ray.training import checkpoints, search, sweep
+from mnist_ray.training import search, sweep
 from tests import helpers
 from tests.conftest import REPO, TINY
 from tests.helpers import call, cluster_env, mlflow_artifacts, mlflow_client, mlflow_history
@@ -120,7 +120,7 @@ def test_a_sweep_job_on_s3_whose_asha_stops_a_poor_trial_early(capsys):
     assert trials.loc[1e-6, "stopped_early"] and trials.loc[1e-6, "epochs_completed"] == 1
     assert not trials.loc[3e-3, "stopped_early"] and trials.loc[3e-3, "epochs_completed"] == 2
     assert "2 trials in " in result.stdout and "1 stopped early by ASHA" in result.stdout
-    assert storage.is_file(f"{sweep}/{checkpoints.BEST}") and storage.is_file(f"{sweep}/tune.png")
+    assert storage.is_file(f"{sweep}/{RunFolder.best_checkpoint}") and storage.is_file(f"{sweep}/tune.png")
     best = load_config("default", f"{sweep}/best.json")  # what train.py --config s3://.../best.json reads
     assert (best.lr, best.optimizer, best.batch_size) == (3e-3, "adam", 64)
 

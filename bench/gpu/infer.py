@@ -1,4 +1,4 @@
-"""Ray Data batch inference on the GPU: images/s of ``scoring.predict(use_gpu=True)`` against a plain loop.
+"""Ray Data batch inference on the GPU: images/s of ``evaluation.score_test_set(use_gpu=True)`` against a plain loop.
 
     python -m bench.gpu.infer [--dry-run]
 
@@ -22,7 +22,7 @@ import torch
 from bench.gpu import common
 from mnist_ray import data
 from mnist_ray.cluster import connection
-from mnist_ray.inference import scoring
+from mnist_ray.inference import evaluation
 from mnist_ray.training import checkpoints, models, step
 
 HUGE = 10
@@ -54,10 +54,10 @@ def plain(state: dict, images: np.ndarray, batch: int, use_gpu: bool) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def timed_predict(prep: scoring.Prepared, use_gpu: bool, batch: int) -> tuple[float, float]:
+def timed_predict(prep: evaluation.Prepared, use_gpu: bool, batch: int) -> tuple[float, float]:
     """(seconds, accuracy) of one Ray Data pass over ``prep``'s test images."""
     start = time.perf_counter()
-    ev = scoring.predict(prep, use_gpu=use_gpu, actors=1, batch_size=batch)
+    ev = evaluation.score_test_set(prep, use_gpu=use_gpu, actors=1, batch_size=batch)
     return time.perf_counter() - start, float(ev.predictions["correct"].mean())
 
 
@@ -68,15 +68,15 @@ def main() -> None:
     args = p.parse_args()
     use_gpu = torch.cuda.is_available() and not args.dry_run
     ckpt = find_checkpoint()
-    prep = scoring.prepare(str(ckpt))
+    prep = evaluation.prepare(str(ckpt))
     test = data.load()
     x, y = (test.test_x[:1000], test.test_y[:1000]) if args.dry_run else (test.test_x, test.test_y)
 
-    def tiled(times: int) -> tuple[scoring.Prepared, np.ndarray]:
+    def tiled(times: int) -> tuple[evaluation.Prepared, np.ndarray]:
         """The test set ``times`` over, as IDX files the pipeline reads, and as the plain loop's array."""
         images = np.tile(x, (times, 1, 1))
         files = data.write_test(common.WORK / f"test_x{times}", images, np.tile(y, times))
-        return scoring.Prepared(prep.checkpoint, prep.state, files), images
+        return evaluation.Prepared(prep.checkpoint, prep.state, files), images
 
     base, images = tiled(1)
     connection.connect(num_cpus=4 if use_gpu else 2)

@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 
 from mnist_ray import data
 from mnist_ray.errors import DataError
-from mnist_ray.files import publishing, storage
+from mnist_ray.files import folders, publishing, storage
 from mnist_ray.inference import pipeline, scoring
 from mnist_ray.ray_workarounds import output
 
@@ -47,7 +47,6 @@ INVERT = ("auto", "yes", "no")
 """Values of ``--invert``."""
 TOP = 3
 """Classes listed per image, most probable first."""
-FILENAME = "predictions.parquet"
 SIZE, BOX = 28, 20
 """MNIST's image side, and the box its digits are fitted into before centring."""
 IDX_IMAGES, IDX_LABELS = 2051, 2049
@@ -355,8 +354,8 @@ def predict(
     local = not any(storage.is_uri(f) for f in files)
     scored = scoring.score(units, local, checkpoint, state, ImagePredictor, **score)
     with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.ray_workarounds.output)
-        pipeline.write(scored, storage.join(staging, FILENAME))
-    return count(storage.join(staging, FILENAME))
+        pipeline.write(scored, folders.predictions(staging))
+    return count(folders.predictions(staging))
 
 
 def count(folder: str) -> Counts:
@@ -400,4 +399,4 @@ def publish(staging: str, target: str, counts: Counts, input_path: str, overwrit
             f"(first: {counts.first_error})"
         )
     publishing.publish_staged(staging, target, overwrite)
-    return storage.join(storage.normalize(target), FILENAME)
+    return folders.predictions(storage.normalize(target))

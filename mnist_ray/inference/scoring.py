@@ -1,4 +1,4 @@
-"""Batch evaluation of a checkpoint on the 10k test set with Ray Data, and the metrics derived from it.
+"""Model replicas scoring images on Ray Data: the inference the evaluation and the prediction jobs share.
 
 Inference runs as ``map_batches`` in Ray tasks on CPUs: each worker process loads the model once per evaluation
 and scores many batches (a GPU evaluation keeps an actor pool: see :func:`score`). Tasks, not an actor pool,
@@ -9,69 +9,34 @@ the next one at once, where an actor pool started fresh processes for every eval
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from mnist_ray import data
 from mnist_ray.cluster import connection
-from mnist_ray.errors import CheckpointError, ConfigError, ResourceError
+from mnist_ray.errors import ResourceError
 from mnist_ray.files import storage
-from mnist_ray.files.folders import DEFAULT_RUNS
 from mnist_ray.inference import pipeline
-from mnist_ray.ray_workarounds import output
+from mnist_ray.ray_workarounds import loggers
+from mnist_ray.settings.rules import Interval
 from mnist_ray.training import checkpoints, models
 
 
-def check_one_source(checkpoint: str | None, run: str | None, models_dir: str | None) -> None:
-    """At most one of the three ways to name a checkpoint (none: the newest run under the default folder)."""
-    if sum(x is not None for x in (checkpoint, run, models_dir)) > 1:
-        raise ConfigError("pass only one of --checkpoint, --run and --models-dir")
-
-
-def resolve_checkpoint(checkpoint: str | None = None, run: str | None = None, models_dir: str | None = None) -> str:
-    """The checkpoint file (path or URI) to evaluate: explicit, a run/sweep's best, or the newest run's best."""
-    if checkpoint:
-        if storage.is_file(checkpoint):
-            return storage.normalize(checkpoint)
-        inside = storage.join(checkpoint, checkpoints.FILENAME)
-        if storage.is_file(inside):
-            return storage.normalize(inside)
-        raise CheckpointError(f"checkpoint {checkpoint} does not exist: pass a model.pt or a checkpoint folder")
-    if run:
-        path = storage.join(storage.normalize(run), checkpoints.BEST)
-        if not storage.is_file(path):
-            raise CheckpointError(f"{run} has no {checkpoints.BEST}: is it a finished training run or sweep folder?")
-        return path
-    root = storage.normalize(models_dir or DEFAULT_RUNS)
-    found = [storage.join(root, d, checkpoints.BEST) for d in storage.list_dirs(root)]
-    dated = [(storage.mtime(p), p) for p in found if storage.is_file(p)]
-    if not dated:
-        raise CheckpointError(
-            f"no finished run (with {checkpoints.BEST}) under {root}: train one, or pass --checkpoint"
-        )
-    return max(dated)[1]
-
-
 @dataclass(frozen=True)
-class Prepared:
-    """A checkpoint loaded and checked, and the test files it is scored on: everything before Ray."""
+class ScoringOptions:
+    """How a job's model replicas score (a base class of the evaluation's and the prediction's options)."""
 
-    checkpoint: str
-    state: dict[str, Any]
-    test: data.TestFiles
+    RANGES: ClassVar[dict[str, Interval]] = {"actors": (1, 1024, "[]"), "batch_size": (1, 2**20, "[]")}
 
-
-def prepare(
-    checkpoint: str, dataset: str | None = None, data_dir: str | None = None, test: data.TestFiles | None = None
-) -> Prepared:
-    """Load the checkpoint and verify the test files, failing here (not in a Ray task) on any problem with either."""
-    state = checkpoints.load(checkpoint, dataset=dataset)
-    checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a task
-    return Prepared(checkpoint, state, test if test is not None else data.test_files(state["dataset"], data_dir))
+    use_gpu: bool | str = "auto"
+    """One GPU per inference actor; auto: when the cluster has a GPU."""
+    actors: int | str = "auto"
+    """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu;
+    auto: one per CPU, or one per GPU."""
+    batch_size: int = 1000
+    """Images per inference batch of a GPU actor (a CPU task scores its whole unit, in chunks of 256)."""
 
 
 CPU_CHUNK = 256
@@ -126,42 +91,6 @@ class Predictor:
         }
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Per-image predictions of one checkpoint on a test set, with where they came from."""
-
-    predictions: pd.DataFrame
-    checkpoint: str
-    model: str
-    dataset: str
-    test: data.TestFiles
-
-    def images_at(self, index: np.ndarray) -> np.ndarray:
-        """The test images at ``index`` (the few a gallery shows), read from the test files."""
-        return data.read_test(self.test, np.asarray(index, dtype=np.int64))[0]
-
-
-def predict(
-    prep: Prepared,
-    use_gpu: bool = False,
-    actors: int = 2,
-    batch_size: int = 1000,
-    progress: bool = False,
-    pool: str | None = None,
-) -> Evaluation:
-    """Score every test image with Ray Data, ``actors`` model replicas at once; Ray must be initialised.
-
-    Ray Data tasks read the test files in ``actors`` slices (:mod:`mnist_ray.inference.pipeline`); only the predictions
-    come back. ``progress`` turns on Ray Data's per-operator progress output; ``pool`` is :func:`score`'s.
-    """
-    units = pipeline.idx_units(prep.test.images, prep.test.labels, prep.test.n, max(1, actors))
-    scored = score(units, True, prep.checkpoint, prep.state, Predictor, use_gpu, actors, batch_size, progress, pool)
-    with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.ray_workarounds.output)
-        predictions = scored.to_pandas().sort_values("index", ignore_index=True)
-    predictions["correct"] = predictions["label"] == predictions["predicted"]
-    return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], prep.test)
-
-
 def score(
     units: list[dict[str, Any]],
     local: bool,
@@ -190,8 +119,7 @@ def score(
     if use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
         raise ResourceError("--use-gpu: this Ray cluster has no GPU; drop --use-gpu")
     ray.data.DataContext.get_current().enable_progress_bars = progress
-    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if progress else logging.ERROR)
+    loggers.show_ray_data_progress(progress)
     local_only = not storage.is_uri(checkpoint) and connection.alive_nodes() > 1
     source = {"ref": [ray.put(state)]} if local_only else {"path": checkpoint}
     pool = pool or ("actors" if use_gpu else "tasks")
@@ -229,46 +157,3 @@ def _score_batch(
         _LOADED.clear()
         _LOADED.update(evaluation=evaluation, scorer=scorer(source, use_gpu))
     return _LOADED["scorer"](batch)
-
-
-def confusion(predictions: pd.DataFrame, classes: int = 10) -> np.ndarray:
-    """Counts[true, predicted] as a (classes, classes) int array."""
-    flat = predictions["label"].to_numpy() * classes + predictions["predicted"].to_numpy()
-    return np.bincount(flat, minlength=classes * classes).reshape(classes, classes)
-
-
-def per_class(matrix: np.ndarray) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class from a confusion matrix."""
-    tp = np.diag(matrix).astype(float)
-    predicted, actual = matrix.sum(0), matrix.sum(1)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return pd.DataFrame(
-        {"digit": np.arange(len(tp)), "precision": precision, "recall": recall, "f1": f1, "support": actual}
-    )
-
-
-def digit_errors(predictions: pd.DataFrame, classes: int = 10) -> pd.DataFrame:
-    """Mistakes per true digit, in ascending order of errors (as the notebook ranked them)."""
-    totals = np.bincount(predictions["label"], minlength=classes)
-    errors = np.bincount(predictions.loc[~predictions["correct"], "label"], minlength=classes)
-    table = pd.DataFrame({"digit": np.arange(classes), "errors": errors, "total": totals})
-    table["error_rate"] = table["errors"] / table["total"].clip(lower=1)
-    table = table.sort_values(["errors", "digit"], ignore_index=True)
-    table["rank"] = np.arange(1, classes + 1)
-    return table
-
-
-def summary_metrics(predictions: pd.DataFrame, classes: int = 10) -> dict[str, float]:
-    """Accuracy, mean cross-entropy and macro precision/recall/F1."""
-    classes = per_class(confusion(predictions, classes))
-    return {
-        "n": len(predictions),
-        "accuracy": float(predictions["correct"].mean()),
-        "loss": float(predictions["loss"].mean()),
-        "macro_precision": float(classes["precision"].mean()),
-        "macro_recall": float(classes["recall"].mean()),
-        "macro_f1": float(classes["f1"].mean()),
-    }

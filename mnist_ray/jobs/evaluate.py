@@ -12,31 +12,31 @@ from __future__ import annotations
 import functools
 import sys
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from mnist_ray.cluster import connection, layout, stop
-from mnist_ray.errors import EXIT_BELOW_THRESHOLD, ConfigError
-from mnist_ray.files import capacity, lease, storage
-from mnist_ray.files.folders import DEFAULT_REPORTS
-from mnist_ray.inference import scoring
+from mnist_ray.errors import EXIT_BELOW_THRESHOLD
+from mnist_ray.files import capacity, folders, lease
+from mnist_ray.files.folders import ReportFolder
+from mnist_ray.inference import evaluation
+from mnist_ray.inference.scoring import ScoringOptions
+from mnist_ray.inference.sources import CheckpointSource
 from mnist_ray.reports import comparison, mlflow_store, report, tracking
 from mnist_ray.settings import cli
 from mnist_ray.settings.config import RayOptions, Tracking
-from mnist_ray.settings.rules import check_range, validate_fields
+from mnist_ray.settings.rules import Interval, validate_fields
 
 emit = functools.partial(print, flush=True)
 
 
 @dataclass(frozen=True)
-class EvalOptions:
-    """Which checkpoint to score, how, and where its report goes."""
+class EvalOptions(CheckpointSource, ScoringOptions):
+    """Which checkpoints to score (several: a comparison), how, and where their reports go."""
 
-    checkpoint: tuple[str, ...] = ()
-    """A model.pt file or checkpoint folder (path or URI); repeat the flag to compare models."""
-    run: tuple[str, ...] = ()
-    """A training run or sweep folder (path or URI): evaluates its best checkpoint; repeat the flag to compare runs."""
-    models_dir: str | None = None
-    """Evaluate the newest finished run under this folder or URI (default: ~/mnist_ray/runs)."""
-    reports: str = DEFAULT_REPORTS
+    MANY: ClassVar[bool] = True
+    RANGES: ClassVar[dict[str, Interval]] = {**ScoringOptions.RANGES, "min_accuracy": (0, 1, "[]")}
+
+    reports: str = folders.DEFAULT_REPORTS
     """Reports folder or URI: <reports>/<run-id>/."""
     run_id: str | None = None
     """Report name (default: the UTC time, e.g. 20261126T030000Z)."""
@@ -48,22 +48,10 @@ class EvalOptions:
     """Refuse a checkpoint trained on another dataset."""
     data_dir: str | None = None
     """Folder with the four IDX files (default: the dataset's own place)."""
-    use_gpu: bool | str = "auto"
-    """One GPU per inference actor; auto: when the cluster has a GPU."""
-    actors: int | str = "auto"
-    """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu;
-    auto: one per CPU, or one per GPU."""
-    batch_size: int = 1000
-    """Images per inference batch of a GPU actor (a CPU task scores its whole unit, in chunks of 256)."""
 
     def __post_init__(self) -> None:
-        if sum(bool(x) for x in (self.checkpoint, self.run, self.models_dir)) > 1:
-            raise ConfigError(
-                "pass only one of --checkpoint, --run and --models-dir (repeat --checkpoint or --run to compare)"
-            )
+        super().__post_init__()
         validate_fields(self)
-        if self.min_accuracy is not None:
-            check_range("min_accuracy", self.min_accuracy, 0, 1, "[]", "--min-accuracy (a fraction, e.g. 0.99)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,18 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     opts, ray_opts = cli.build(EvalOptions, args), cli.build(RayOptions, args)
     connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     mlflow_uri = mlflow_store.check(cli.build(Tracking, args).mlflow_uri)  # MLflow installed, store usable
-    base = opts.run_id or report.new_run_id()
-    sources = comparison.resolve(opts.checkpoint, opts.run, opts.models_dir)
+    base = opts.run_id or folders.new_id()
+    sources = opts.resolve()
     run_ids = comparison.run_ids(sources, base) if len(sources) > 1 else [base]
-    targets = [report.check_run_dir(opts.reports, run_id, opts.overwrite) for run_id in run_ids]
-    joint = report.check_run_dir(opts.reports, comparison.PREFIX + base, opts.overwrite) if len(sources) > 1 else None
-    folders = [*targets, *([joint] if joint else [])]
-    prepared = comparison.prepare_all(sources, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
+    targets = [report.check_new(opts.reports, run_id, opts.overwrite) for run_id in run_ids]
+    joint = report.check_new(opts.reports, folders.COMPARISON_PREFIX + base, opts.overwrite) if run_ids[1:] else None
+    outputs = [*targets, *([joint] if joint else [])]
+    prepared = evaluation.prepare_all(sources, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
     capacity.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
     published: list[str] = []
     with (
-        lease.holding(folders, [f"report {f}" for f in folders]),
-        stop.next_step(lambda: _stop_note(published, folders)),
+        lease.holding(outputs, [f"report {f}" for f in outputs]),
+        stop.next_step(lambda: _stop_note(published, outputs)),
     ):
         connection.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
         use_gpu, actors, chosen = layout.inference(opts.use_gpu, opts.actors)
@@ -125,13 +113,13 @@ def _compare(results: list[comparison.Result], target: str, overwrite: bool) -> 
     for r in table.itertuples():
         alone = f"{r.wrong_only_here} that only it gets wrong, {r.right_only_here} that only it gets right"
         emit(f"{r.run_id} ({r.model}): accuracy {r.accuracy:.2%}, {r.errors} errors ({alone})")
-    emit(f"comparison: {target}\nsummary: {storage.join(target, 'summary.md')}")
+    emit(f"comparison: {target}\nsummary: {ReportFolder(target).summary}")
 
 
-def _evaluate(prep: scoring.Prepared, target: str, opts: EvalOptions, ray_opts: RayOptions) -> comparison.Result:
+def _evaluate(prep: evaluation.Prepared, target: str, opts: EvalOptions, ray_opts: RayOptions) -> comparison.Result:
     """Score one prepared checkpoint and write its own report; print its figures and where the report is."""
     emit(f"evaluating {prep.checkpoint}")
-    ev, m = report.score_and_report(
+    ev, m = evaluation.score_and_report(
         prep,
         target,
         opts.overwrite,
@@ -145,5 +133,5 @@ def _evaluate(prep: scoring.Prepared, target: str, opts: EvalOptions, ray_opts: 
         f"test accuracy {m['accuracy']:.2%}, loss {m['loss']:.4f}, macro F1 {m['macro_f1']:.4f} "
         f"on {m['n']} images in {m['seconds']:.1f}s"
     )
-    emit(f"report: {target}\nsummary: {storage.join(target, 'summary.md')}")
+    emit(f"report: {target}\nsummary: {ReportFolder(target).summary}")
     return ev, m

@@ -15,29 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_ray.cluster import stop
-from mnist_ray.files import capacity, lease, publishing, storage
-from mnist_ray.inference import export, scoring
-from mnist_ray.reports import report
+from mnist_ray.files import capacity, folders, lease, publishing, storage
+from mnist_ray.inference import export
+from mnist_ray.inference.sources import CheckpointSource
 from mnist_ray.settings import cli
 from mnist_ray.settings.rules import validate_fields
 from mnist_ray.training import checkpoints
 
 emit = functools.partial(print, flush=True)
 
-DEFAULT_EXPORTS = str(Path.home() / "mnist_ray" / "exports")
-"""Where exports go unless --output says otherwise: one folder per export, named by its UTC time."""
-
 
 @dataclass(frozen=True)
-class ExportOptions:
+class ExportOptions(CheckpointSource):
     """Which checkpoint to export, in which formats, and where the files go."""
 
-    checkpoint: str | None = None
-    """A model.pt file or checkpoint folder (path or URI)."""
-    run: str | None = None
-    """A training run or sweep folder (path or URI): exports its best checkpoint."""
-    models_dir: str | None = None
-    """Export the newest finished run under this folder or URI (default: ~/mnist_ray/runs)."""
     output: str | None = None
     """Folder or URI that receives the exports (default: ~/mnist_ray/exports/<UTC time>)."""
     overwrite: bool = False
@@ -46,7 +37,7 @@ class ExportOptions:
     """pt2 (torch.export program), onnx (needs the [onnx] extra) or all."""
 
     def __post_init__(self) -> None:
-        scoring.check_one_source(self.checkpoint, self.run, self.models_dir)
+        super().__post_init__()
         export.parse_formats(self.format)
         validate_fields(self)
 
@@ -59,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     formats = export.parse_formats(opts.format)
     if "onnx" in formats:
         export.check_onnx_available()
-    output = opts.output or storage.join(DEFAULT_EXPORTS, report.new_run_id())
+    output = opts.output or storage.join(folders.DEFAULT_EXPORTS, folders.new_id())
     target = publishing.check_new_folder(output, opts.overwrite)
-    checkpoint = scoring.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
+    checkpoint = opts.resolve()[0]
     state = checkpoints.load(checkpoint)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail here, before any write
     capacity.check_writable(storage.parent(target), "--output")  # the first write, after every other check

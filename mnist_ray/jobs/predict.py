@@ -12,13 +12,13 @@ from __future__ import annotations
 import functools
 import resource
 from dataclasses import dataclass
-from pathlib import Path
 
 from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.errors import ConfigError
-from mnist_ray.files import capacity, lease, publishing, storage
-from mnist_ray.inference import pipeline, predict, scoring
-from mnist_ray.reports import report
+from mnist_ray.files import capacity, folders, lease, publishing, storage
+from mnist_ray.inference import pipeline, predict
+from mnist_ray.inference.scoring import ScoringOptions
+from mnist_ray.inference.sources import CheckpointSource
 from mnist_ray.settings import cli
 from mnist_ray.settings.config import RayOptions
 from mnist_ray.settings.rules import validate_fields
@@ -26,22 +26,13 @@ from mnist_ray.training import checkpoints
 
 emit = functools.partial(print, flush=True)
 
-DEFAULT_PREDICTIONS = str(Path.home() / "mnist_ray" / "predictions")
-"""Where predictions go unless --output says otherwise: one folder per run, named by its UTC time."""
-
 
 @dataclass(frozen=True)
-class PredictOptions:
+class PredictOptions(CheckpointSource, ScoringOptions):
     """What to score, with which checkpoint, and where the predictions go."""
 
     input: str | None = None
     """Images to score (path or URI): a folder (searched recursively), an image, a Parquet or an IDX file."""
-    checkpoint: str | None = None
-    """A model.pt file or checkpoint folder (path or URI)."""
-    run: str | None = None
-    """A training run or sweep folder (path or URI): uses its best checkpoint."""
-    models_dir: str | None = None
-    """Use the newest finished run under this folder or URI (default: ~/mnist_ray/runs)."""
     output: str | None = None
     """Folder or URI that receives predictions.parquet (default: ~/mnist_ray/predictions/<UTC time>)."""
     overwrite: bool = False
@@ -52,16 +43,9 @@ class PredictOptions:
     """Parquet input: the column holding the images (encoded bytes, {'bytes': ...} structs, or 28x28/784 pixels)."""
     dataset: str | None = None
     """Refuse a checkpoint trained on another dataset."""
-    use_gpu: bool | str = "auto"
-    """One GPU per inference actor; auto: when the cluster has a GPU."""
-    actors: int | str = "auto"
-    """Model replicas scoring at once: Ray Data tasks of one CPU each, or actors of one GPU each with --use-gpu;
-    auto: one per CPU, or one per GPU."""
-    batch_size: int = 1000
-    """Images per inference batch of a GPU actor (a CPU task scores its whole unit, in chunks of 256)."""
 
     def __post_init__(self) -> None:
-        scoring.check_one_source(self.checkpoint, self.run, self.models_dir)
+        super().__post_init__()
         if self.invert not in predict.INVERT:
             raise ConfigError(f"--invert must be one of {', '.join(predict.INVERT)}, got {self.invert!r}")
         validate_fields(self)
@@ -77,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if not opts.input:
         raise ConfigError("pass --input: a folder of images, an image, a Parquet or an IDX file (path or URI)")
     connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before reading anything
-    output = opts.output or storage.join(DEFAULT_PREDICTIONS, report.new_run_id())
+    output = opts.output or storage.join(folders.DEFAULT_PREDICTIONS, folders.new_id())
     target = publishing.check_new_folder(output, opts.overwrite)
-    checkpoint = scoring.resolve_checkpoint(opts.checkpoint, opts.run, opts.models_dir)
+    checkpoint = opts.resolve()[0]
     state = checkpoints.load(checkpoint, dataset=opts.dataset)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a Ray task
     files = predict.discover(opts.input)  # names only: a missing or empty input is bad input, before Ray

@@ -14,9 +14,10 @@ from dataclasses import dataclass, replace
 
 from mnist_ray import data
 from mnist_ray.cluster import connection, layout, stop
-from mnist_ray.files import capacity, lease, storage
-from mnist_ray.files.folders import DEFAULT_REPORTS
-from mnist_ray.reports import mlflow_store, report, tracking
+from mnist_ray.files import capacity, folders, lease
+from mnist_ray.files.folders import ReportFolder
+from mnist_ray.inference import evaluation
+from mnist_ray.reports import mlflow_store, tracking
 from mnist_ray.settings import cli
 from mnist_ray.settings.config import RayOptions, RunOptions, TrainConfig
 from mnist_ray.settings.rules import check_name
@@ -31,7 +32,7 @@ class AfterTraining:
 
     evaluate: bool = False
     """Then evaluate the best checkpoint on the test set (Ray Data batch inference)."""
-    reports: str = DEFAULT_REPORTS
+    reports: str = folders.DEFAULT_REPORTS
     """Reports folder or URI for --evaluate: <reports>/<name>-<UTC time>/."""
 
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     opts, after = settings.opts, settings.after
     connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything
     opts = replace(opts, mlflow_uri=mlflow_store.check(opts.mlflow_uri) or None)  # MLflow installed, store usable
-    report_id = f"{opts.name}-{report.new_run_id()}"
+    report_id = f"{opts.name}-{folders.new_id()}"
     # A resumed run keeps the layout it started with; a new one decides its auto fields once Ray is up.
     cfg, request = layout.adopt(settings.cfg, settings.layout, trainer.previous_config(opts.folder))
     arrays = trainer.preflight(cfg, opts)  # resume check, data files verified, output writable: before Ray
@@ -96,7 +97,7 @@ def _train(settings: Settings, arrays: data.Arrays, report_id: str) -> int:
         emit(f"{'mlflow run':>16}: {out.mlflow_run_id} in {opts.mlflow_uri}")
     if after.evaluate:
         use_gpu, actors, _ = layout.inference(layout.AUTO, layout.AUTO)
-        folder, m = report.evaluate_to_report(
+        folder, m = evaluation.evaluate_to_report(
             out.best_checkpoint,
             after.reports,
             report_id,
@@ -106,7 +107,7 @@ def _train(settings: Settings, arrays: data.Arrays, report_id: str) -> int:
             progress=ray_opts.verbose,
         )
         emit(f"test accuracy {m['accuracy']:.2%}, test loss {m['loss']:.4f} ({m['n']} images)")
-        emit(f"{'test report':>16}: {storage.join(folder, 'summary.md')}")
+        emit(f"{'test report':>16}: {ReportFolder(folder).summary}")
         tracking.log_evaluation(opts.mlflow_uri, folder, m)  # into the run's MLflow run
     return 0
 

@@ -14,75 +14,33 @@ side in ``<reports>/compare-<run-id>/``, published the same way (complete or abs
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from mnist_ray import data
-from mnist_ray.errors import ConfigError
-from mnist_ray.files import publishing
-from mnist_ray.inference import scoring
-from mnist_ray.reports import plots, report
-from mnist_ray.training import checkpoints
+from mnist_ray.files import folders, publishing
+from mnist_ray.files.folders import ReportFolder
+from mnist_ray.reports import metrics, plots
 
-PREFIX = "compare-"
-"""A comparison of the models evaluated under run id X is ``<reports>/compare-X/``."""
+if TYPE_CHECKING:  # the evaluation job puts the models' evaluations side by side with this module
+    from mnist_ray.inference.evaluation import Evaluation
+
 GALLERY = 16
 """Images per model in disagreements.png."""
-Result = tuple[scoring.Evaluation, dict[str, Any]]
+Result = tuple["Evaluation", dict[str, Any]]
 """One model's predictions and the metrics its own report holds."""
-
-
-def resolve(checkpoints_given: Sequence[str], runs: Sequence[str], models_dir: str | None = None) -> list[str]:
-    """The checkpoint file of each --checkpoint and --run, in order (or the newest run's), each model once."""
-    given = [("--checkpoint", c) for c in checkpoints_given] + [("--run", r) for r in runs]
-    if not given:
-        return [scoring.resolve_checkpoint(models_dir=models_dir)]
-    found = [scoring.resolve_checkpoint(**{flag.lstrip("-"): value}) for flag, value in given]
-    for i, path in enumerate(found):
-        if path in found[:i]:
-            first = found.index(path)
-            raise ConfigError(
-                f"{' '.join(given[first])} and {' '.join(given[i])} are the same checkpoint {path}: "
-                "a comparison needs different models"
-            )
-    return found
-
-
-def label(checkpoint: str) -> str:
-    """A short name for a checkpoint: its run's folder name (``<run>/best_checkpoint/model.pt`` -> ``<run>``)."""
-    parts = [p for p in checkpoint.rstrip("/").split("/") if p]
-    folder = parts[-2] if len(parts) > 1 else "model"
-    if len(parts) > 2 and folder == "best_checkpoint":
-        folder = parts[-3]
-    elif len(parts) > 2 and folder.startswith(checkpoints.RAY_DIR_PREFIX):  # one epoch's checkpoint of a run
-        folder = f"{parts[-3]}-{folder}"
-    return re.sub(r"[^A-Za-z0-9._-]", "-", folder).lstrip("._-") or "model"
 
 
 def run_ids(sources: Sequence[str], base: str) -> list[str]:
     """Each model's own report id, ``<base>-<label>``; labels that collide are numbered in order."""
-    names = [label(s) for s in sources]
+    names = [folders.checkpoint_label(s) for s in sources]
     names = [f"{n}-{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
     return [f"{base}-{n}" for n in names]
-
-
-def prepare_all(sources: Sequence[str], dataset: str | None = None, data_dir: str | None = None) -> list:
-    """Load every checkpoint and the test set once (before Ray); refuse models trained on different datasets."""
-    first = scoring.prepare(sources[0], dataset, data_dir)
-    prepared = [first] + [scoring.prepare(s, dataset, test=first.test) for s in sources[1:]]
-    odd = [p for p in prepared if p.state["dataset"] != first.state["dataset"]]
-    if odd:
-        raise ConfigError(
-            f"cannot compare {first.checkpoint} ({first.state['dataset']}) with {odd[0].checkpoint} "
-            f"({odd[0].state['dataset']}): the models of one comparison must be trained on the same dataset"
-        )
-    return prepared
 
 
 def _correct(results: Sequence[Result]) -> np.ndarray:
@@ -101,12 +59,12 @@ def comparison_table(results: Sequence[Result]) -> pd.DataFrame:
     """
     correct = _correct(results)
     rows = []
-    for i, (_, metrics) in enumerate(results):
+    for i, (_, scores) in enumerate(results):
         others = np.delete(correct, i, axis=0)
         mine = correct[i]
         counts = {"errors": (~mine).sum(), "wrong_only_here": (~mine & others.all(0)).sum()}
         counts["right_only_here"] = (mine & ~others.any(0)).sum()
-        rows.append({**metrics, **{k: int(v) for k, v in counts.items()}})
+        rows.append({**scores, **{k: int(v) for k, v in counts.items()}})
     return pd.DataFrame(rows)
 
 
@@ -116,9 +74,9 @@ def disagreements(results: Sequence[Result], info: data.DatasetInfo) -> pd.DataF
     mixed = correct.any(0) & ~correct.all(0)
     names = np.asarray(info.classes)
     frames = []
-    for order, (ev, metrics) in enumerate(results):
+    for order, (ev, scores) in enumerate(results):
         rows = ev.predictions.loc[mixed, ["index", "label", "predicted", "confidence", "correct"]]
-        rows = rows.assign(run_id=metrics["run_id"], model=metrics["model"], order=order)
+        rows = rows.assign(run_id=scores["run_id"], model=scores["model"], order=order)
         frames.append(rows.assign(label_name=names[rows["label"]], predicted_name=names[rows["predicted"]]))
     table = pd.concat(frames).sort_values(["index", "order"], ignore_index=True)
     columns = ["index", "label", "label_name", "run_id", "model", "predicted", "predicted_name", "confidence"]
@@ -129,11 +87,11 @@ def _gallery_rows(results: Sequence[Result]) -> list[tuple]:
     """Per model: a heading and the images it alone gets wrong, its most confident mistakes first."""
     correct = _correct(results)
     rows = []
-    for i, (ev, metrics) in enumerate(results):
+    for i, (ev, scores) in enumerate(results):
         alone = ~correct[i] & np.delete(correct, i, axis=0).all(0)
         wrong = ev.predictions[alone].nlargest(GALLERY, "confidence")
         others = ", ".join(m["run_id"] for j, (_, m) in enumerate(results) if j != i)
-        heading = f"{metrics['run_id']}\n({metrics['model']}) wrong,\n{others} right:\n{int(alone.sum())} images"
+        heading = f"{scores['run_id']}\n({scores['model']}) wrong,\n{others} right:\n{int(alone.sum())} images"
         heading += ",\nmost confident first" if len(wrong) else ""
         idx = wrong["index"].to_numpy()
         rows.append((heading, ev.images_at(idx), *(wrong[c].to_numpy() for c in ("label", "predicted", "confidence"))))
@@ -146,18 +104,18 @@ def write_comparison(results: Sequence[Result], target: str, overwrite: bool = F
     table, disagree = comparison_table(results), disagreements(results, info)
     panels = []
     for ev, m in results:
-        errors = report.named(scoring.digit_errors(ev.predictions), info)
+        errors = metrics.named(metrics.digit_errors(ev.predictions), info)
         panels.append(
-            (f"{m['run_id']} ({m['model']}): {m['accuracy']:.2%}", scoring.confusion(ev.predictions), errors)
+            (f"{m['run_id']} ({m['model']}): {m['accuracy']:.2%}", metrics.confusion(ev.predictions), errors)
         )
     with tempfile.TemporaryDirectory(prefix="mnist-ray-compare") as folder:
-        tmp = Path(folder)
-        table.to_parquet(tmp / "comparison.parquet", index=False)
-        disagree.to_parquet(tmp / "disagreements.parquet", index=False)
-        plots.plot_comparison(panels, tmp / "comparison.png", class_names=info.classes, noun=info.noun)
-        plots.plot_disagreements(_gallery_rows(results), tmp / "disagreements.png", class_names=info.classes)
-        (tmp / "summary.md").write_text(_summary(target, table, panels, info, len(disagree["index"].unique())))
-        publishing.publish_dir(tmp, target, overwrite=overwrite)
+        local = ReportFolder(folder)
+        table.to_parquet(local.comparison, index=False)
+        disagree.to_parquet(local.disagreements, index=False)
+        plots.plot_comparison(panels, local.comparison_png, class_names=info.classes, noun=info.noun)
+        plots.plot_disagreements(_gallery_rows(results), local.disagreements_png, class_names=info.classes)
+        Path(local.summary).write_text(_summary(target, table, panels, info, len(disagree["index"].unique())))
+        publishing.publish_dir(Path(folder), target, overwrite=overwrite)
     return table
 
 
@@ -166,10 +124,10 @@ def _summary(target: str, table: pd.DataFrame, panels: list, info: data.DatasetI
     ids = table["run_id"].tolist()
     per_class = {i: p[2].set_index(info.noun)["errors"] for i, p in zip(ids, panels, strict=True)}
     lines = [
-        f"# Comparison {target.rstrip('/').rsplit('/', 1)[-1]}",
+        f"# Comparison {ReportFolder(target).id}",
         "",
         f"{len(ids)} models on the same {table['n'].iloc[0]} {table['dataset'].iloc[0]} test images.",
-        "Each one's own report: " + ", ".join(f"[{i}](../{i}/summary.md)" for i in ids),
+        "Each one's own report: " + ", ".join(f"[{i}](../{i}/{ReportFolder.summary})" for i in ids),
         "",
         "| report | model | accuracy | loss | macro F1 | errors | wrong only here | right only here |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -189,8 +147,8 @@ def _summary(target: str, table: pd.DataFrame, panels: list, info: data.DatasetI
         "",
         "## Figures",
         "",
-        "![confusion matrices and error rankings](comparison.png)",
-        "![images one model alone gets wrong](disagreements.png)",
+        f"![confusion matrices and error rankings]({ReportFolder.comparison_png})",
+        f"![images one model alone gets wrong]({ReportFolder.disagreements_png})",
         "",
     ]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Evaluation reports: Parquet tables, PNG figures and a Markdown summary, written atomically.
+"""Evaluation reports: Parquet tables, PNG figures and a Markdown summary, written atomically (writing only: the
+figures come from :mod:`mnist_ray.reports.metrics`).
 
 A report folder ``<reports>/<run-id>/`` (a local path or a URI such as ``s3://bucket/reports``) is
 assembled in a local temporary folder and published with a manifest written last, so readers see it
@@ -9,41 +10,38 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from mnist_ray import data
 from mnist_ray.errors import MnistRayError
-from mnist_ray.files import publishing, storage
-from mnist_ray.inference import scoring
+from mnist_ray.files import folders, publishing, storage
+from mnist_ray.files.folders import ReportFolder
+from mnist_ray.reports import metrics
 from mnist_ray.reports import plots
 from mnist_ray.settings.rules import check_name
+
+if TYPE_CHECKING:  # the evaluation writes its reports with this module
+    from mnist_ray.inference.evaluation import Evaluation
 
 log = logging.getLogger(__name__)
 GALLERY = 32
 
 
-def new_run_id() -> str:
-    """A sortable UTC timestamp such as ``20261125T153012Z``."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def check_run_dir(reports: str, run_id: str, overwrite: bool) -> str:
-    """The report folder (path or URI) for ``run_id``; refuse an existing one unless ``overwrite``."""
-    check_name("run id", run_id)
-    target = storage.join(storage.normalize(reports), run_id)
+def check_new(reports: str, report_id: str, overwrite: bool) -> str:
+    """The report folder (path or URI) ``report_id`` under ``reports``; refuse an existing one unless ``overwrite``."""
+    check_name("run id", report_id)
+    target = folders.report_folder(reports, report_id).path
     if not overwrite and storage.exists(target):
         raise MnistRayError(f"report {target} already exists: pass --overwrite or another --run-id")
     return target
 
 
 def write_report(
-    ev: scoring.Evaluation,
+    ev: Evaluation,
     target: str,
     started_at: str,
     seconds: float,
@@ -53,11 +51,12 @@ def write_report(
     """Write every report file for ``ev`` into ``target`` (complete or absent) and rebuild the history."""
     info = data.DATASET_INFO[ev.dataset]
     preds = ev.predictions
-    matrix = scoring.confusion(preds)
-    errors, classes = named(scoring.digit_errors(preds), info), named(scoring.per_class(matrix), info)
-    summary = scoring.summary_metrics(preds)
-    metrics = {
-        "run_id": target.rstrip("/").rsplit("/", 1)[-1],
+    matrix = metrics.confusion(preds)
+    errors = metrics.named(metrics.digit_errors(preds), info)
+    classes = metrics.named(metrics.per_class(matrix), info)
+    summary = metrics.summary_metrics(preds)
+    row = {
+        "run_id": ReportFolder(target).id,
         "checkpoint": ev.checkpoint,
         "model": ev.model,
         "dataset": ev.dataset,
@@ -68,54 +67,26 @@ def write_report(
         "seconds": seconds,
     }
     with tempfile.TemporaryDirectory(prefix="mnist-ray-report") as folder:
-        tmp = Path(folder)
-        pd.DataFrame([metrics]).to_parquet(tmp / "metrics.parquet", index=False)
-        preds[["index", "label", "predicted", "confidence", "correct"]].to_parquet(
-            tmp / "predictions.parquet", index=False
-        )
-        confusion_frame(matrix, info).to_parquet(tmp / "confusion_matrix.parquet", index=False)
-        errors.to_parquet(tmp / "digit_errors.parquet", index=False)
-        classes.to_parquet(tmp / "per_class.parquet", index=False)
-        _figures(ev, matrix, errors, info, tmp)
-        (tmp / "summary.md").write_text(_summary(metrics, errors, classes, info))
-        publishing.publish_dir(tmp, target, overwrite=overwrite)
-    rebuild_history(target.rstrip("/").rsplit("/", 1)[0])
-    return metrics
-
-
-def named(table: pd.DataFrame, info: data.DatasetInfo) -> pd.DataFrame:
-    """A per-class table with its label column called what the dataset calls a class, then the class's name.
-
-    MNIST keeps ``digit`` (names "0"-"9"); Fashion-MNIST gets ``class`` and "T-shirt/top", ... One
-    mechanism for every dataset: the names and the noun come from its :class:`~mnist_ray.data.DatasetInfo`.
-    """
-    table = table.rename(columns={"digit": info.noun})
-    table.insert(1, "name", [info.classes[int(c)] for c in table[info.noun]])
-    return table
-
-
-def confusion_frame(matrix: np.ndarray, info: data.DatasetInfo) -> pd.DataFrame:
-    """The confusion matrix as rows of (true, predicted, count), with both classes' names."""
-    true, predicted = np.indices(matrix.shape)
-    names = np.asarray(info.classes)
-    return pd.DataFrame(
-        {
-            "true": true.ravel(),
-            "predicted": predicted.ravel(),
-            "count": matrix.ravel(),
-            "true_name": names[true.ravel()],
-            "predicted_name": names[predicted.ravel()],
-        }
-    )
+        local = ReportFolder(folder)
+        pd.DataFrame([row]).to_parquet(local.metrics, index=False)
+        preds[["index", "label", "predicted", "confidence", "correct"]].to_parquet(local.predictions, index=False)
+        metrics.confusion_frame(matrix, info).to_parquet(local.confusion_matrix, index=False)
+        errors.to_parquet(local.digit_errors, index=False)
+        classes.to_parquet(local.per_class, index=False)
+        _figures(ev, matrix, errors, info, local)
+        Path(local.summary).write_text(_summary(row, errors, classes, info))
+        publishing.publish_dir(Path(folder), target, overwrite=overwrite)
+    rebuild_history(ReportFolder(target).root)
+    return row
 
 
 def _figures(
-    ev: scoring.Evaluation, matrix: np.ndarray, errors: pd.DataFrame, info: data.DatasetInfo, tmp: Path
+    ev: Evaluation, matrix: np.ndarray, errors: pd.DataFrame, info: data.DatasetInfo, local: ReportFolder
 ) -> None:
     """The report's PNGs: confusion matrix, errors per class and the most confident mistakes, classes by name."""
     title = f"{ev.model} on {ev.dataset} test set"
-    plots.plot_confusion(matrix, tmp / "confusion_matrix.png", class_names=info.classes, title=title)
-    plots.plot_digit_errors(errors, tmp / "digit_errors.png", title=title, class_names=info.classes, noun=info.noun)
+    plots.plot_confusion(matrix, local.confusion_png, class_names=info.classes, title=title)
+    plots.plot_digit_errors(errors, local.digit_errors_png, title=title, class_names=info.classes, noun=info.noun)
     wrong = ev.predictions[~ev.predictions["correct"]].nlargest(GALLERY, "confidence")  # most confident first
     idx = wrong["index"].to_numpy()
     plots.plot_misclassified(
@@ -123,37 +94,9 @@ def _figures(
         wrong["label"].to_numpy(),
         wrong["predicted"].to_numpy(),
         wrong["confidence"].to_numpy(),
-        tmp / "misclassified.png",
+        local.misclassified_png,
         class_names=info.classes,
     )
-
-
-def evaluate_to_report(
-    checkpoint: str, reports: str, run_id: str, overwrite: bool = False, data_dir: str | None = None, **kwargs: Any
-) -> tuple[str, dict[str, Any]]:
-    """Check the report folder, load the checkpoint, score it and write its report; Ray must be initialised.
-
-    For callers that have done neither check before Ray (train --evaluate, tests); the evaluation job does them
-    before Ray starts and calls :func:`score_and_report`. ``kwargs`` go to :func:`mnist_ray.inference.scoring.predict`.
-    """
-    target = check_run_dir(reports, run_id, overwrite)
-    prep = scoring.prepare(checkpoint, data_dir=data_dir)
-    return target, score_and_report(prep, target, overwrite, **kwargs)[1]
-
-
-def score_and_report(
-    prep: scoring.Prepared,
-    target: str,
-    overwrite: bool = False,
-    min_accuracy: float | None = None,
-    **predict_kwargs: Any,
-) -> tuple[scoring.Evaluation, dict[str, Any]]:
-    """Score a prepared checkpoint with Ray Data and write its report to ``target``; returns the predictions (a
-    comparison of models reuses them) and the report's metrics."""
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    start = time.perf_counter()
-    ev = scoring.predict(prep, **predict_kwargs)
-    return ev, write_report(ev, target, started_at, time.perf_counter() - start, overwrite, min_accuracy)
 
 
 def rebuild_history(reports: str) -> pd.DataFrame:
@@ -164,24 +107,26 @@ def rebuild_history(reports: str) -> pd.DataFrame:
     (and healed by the next rebuild) instead of breaking the evaluation that writes it.
     """
     rows = []
-    for run_id in sorted(storage.list_dirs(reports)):
-        folder = storage.join(reports, run_id)
-        if not publishing.is_complete(folder) or not storage.is_file(storage.join(folder, "metrics.parquet")):
+    for report_id in sorted(storage.list_dirs(reports)):
+        folder = folders.report_folder(reports, report_id)
+        if not publishing.is_complete(folder.path) or not storage.is_file(folder.metrics):
             continue  # being written or interrupted, or a comparison of models: never part of the history
         try:
-            with storage.local_copy(storage.join(folder, "metrics.parquet")) as local:
+            with storage.local_copy(folder.metrics) as local:
                 rows.append(pd.read_parquet(local))
         except Exception as exc:  # noqa: BLE001 - any damage to one report must not stop the rest
-            log.warning("warning: skipping %s in the history: %s", folder, str(exc).splitlines()[0][:200])
+            log.warning("warning: skipping %s in the history: %s", folder.path, str(exc).splitlines()[0][:200])
     history = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     if not history.empty:
         history = history.sort_values("started_at", kind="stable", ignore_index=True)
+    table, figure = folders.reports_history(reports)
     with tempfile.TemporaryDirectory(prefix="mnist-ray-history") as folder:
-        history.to_parquet(Path(folder) / "history.parquet", index=False)
-        storage.upload_file(Path(folder) / "history.parquet", storage.join(reports, "history.parquet"))
+        local_table, local_figure = (Path(p) for p in folders.reports_history(folder))
+        history.to_parquet(local_table, index=False)
+        storage.upload_file(local_table, table)
         if not history.empty:
-            plots.plot_history(history, Path(folder) / "history.png")
-            storage.upload_file(Path(folder) / "history.png", storage.join(reports, "history.png"))
+            plots.plot_history(history, local_figure)
+            storage.upload_file(local_figure, figure)
     return history
 
 
@@ -213,9 +158,9 @@ def _summary(m: dict[str, Any], errors: pd.DataFrame, classes: pd.DataFrame, inf
         "",
         "## Figures",
         "",
-        "![confusion matrix](confusion_matrix.png)",
-        f"![errors per {noun}](digit_errors.png)",
-        "![most confident mistakes](misclassified.png)",
+        f"![confusion matrix]({ReportFolder.confusion_png})",
+        f"![errors per {noun}]({ReportFolder.digit_errors_png})",
+        f"![most confident mistakes]({ReportFolder.misclassified_png})",
         "",
     ]
     return "\n".join(lines)
