@@ -187,7 +187,7 @@ def _plain_loop() -> None:  # runs in a fresh process (its source is sent with p
 
     import mnist_ray
     from mnist_ray import data
-    from mnist_ray.inference import predict, scoring
+    from mnist_ray.inference import decoding, scoring
     from mnist_ray.training import checkpoints, models
 
     kind, source, ckpt, repo = sys.argv[1:5]
@@ -202,12 +202,12 @@ def _plain_loop() -> None:  # runs in a fresh process (its source is sent with p
         if kind == "png":
             files = sorted(os.path.join(d, f) for d, _, names in os.walk(source) for f in names)
             for a in range(0, len(files), 65_536):
-                items = [i for f in files[a : a + 65_536] for i in predict.read_file(f, "auto", "image")]
+                items = [i for f in files[a : a + 65_536] for i in decoding.read_file(f, "auto", "image")]
                 yield np.stack([i.image for i in items if i.error is None])
         else:
             for batch in pq.ParquetFile(source).iter_batches(batch_size=65_536, columns=["image"]):
                 pixels = batch.column(0).flatten().to_numpy().reshape(len(batch), -1)
-                yield np.stack([predict.to_mnist(predict.from_value(row), "auto") for row in pixels])
+                yield np.stack([decoding.to_mnist(decoding.from_value(row), "auto") for row in pixels])
 
     images = 0
     with torch.inference_mode():

@@ -16,8 +16,7 @@ from PIL import Image
 
 from mnist_ray import data
 from mnist_ray.files import publishing, storage
-from mnist_ray.inference import evaluation
-from mnist_ray.inference import predict as lib
+from mnist_ray.inference import decoding, evaluation
 from mnist_ray.jobs import predict
 from mnist_ray.settings.config import TrainConfig
 from mnist_ray.training import checkpoints, models
@@ -151,26 +150,26 @@ def test_idx_and_parquet_inputs_with_the_output_on_s3(tiny_run, reference, test_
 def test_conversion_rules():
     digit = np.zeros((28, 28), np.uint8)
     digit[6:22, 12:16] = 255
-    assert (lib.to_mnist(255 - digit) == digit).all()  # black on white: inverted (bright border)
-    assert (lib.to_mnist(255 - digit, invert="no") == 255 - digit).all()
-    assert (lib.to_mnist(digit, invert="yes") == 255 - digit).all()
+    assert (decoding.to_mnist(255 - digit) == digit).all()  # black on white: inverted (bright border)
+    assert (decoding.to_mnist(255 - digit, invert="no") == 255 - digit).all()
+    assert (decoding.to_mnist(digit, invert="yes") == 255 - digit).all()
     page = np.full((300, 200), 230, np.uint8)  # a dark stroke on light gray paper, off centre
     page[40:140, 20:45] = 20
-    framed = lib.to_mnist(page)
+    framed = decoding.to_mnist(page)
     rows, cols = np.nonzero(framed > 25)
     assert rows.max() - rows.min() + 1 <= 20 and rows.max() - rows.min() + 1 >= 18
     mass = framed.astype(float)
     assert abs((mass.sum(1) * np.arange(28)).sum() / mass.sum() - 14) <= 1
     rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # black ink on a transparent background
     rgba.paste((0, 0, 0, 255), (20, 10, 40, 54))
-    assert lib.to_mnist(lib.grayscale(rgba)).max() == 255
+    assert decoding.to_mnist(decoding.grayscale(rgba)).max() == 255
     sixteen = Image.fromarray(digit.astype(np.uint16) * 257)
-    assert (lib.to_mnist(lib.grayscale(sixteen)) == digit).all()
-    with pytest.raises(lib.ImageError, match="blank image"):
-        lib.to_mnist(np.full((40, 40), 200, np.uint8))
-    assert (lib.from_value((digit / 255.0).ravel().tolist()) == digit).all()  # 784 floats in [0, 1]
-    with pytest.raises(lib.ImageError, match="expected 28x28 or 784"):
-        lib.from_value([1, 2, 3])
+    assert (decoding.to_mnist(decoding.grayscale(sixteen)) == digit).all()
+    with pytest.raises(decoding.ImageError, match="blank image"):
+        decoding.to_mnist(np.full((40, 40), 200, np.uint8))
+    assert (decoding.from_value((digit / 255.0).ravel().tolist()) == digit).all()  # 784 floats in [0, 1]
+    with pytest.raises(decoding.ImageError, match="expected 28x28 or 784"):
+        decoding.from_value([1, 2, 3])
 
 
 @pytest.fixture(scope="module")

@@ -173,6 +173,10 @@ def comparison_folder(reports: str, report_id: str) -> ReportFolder:
     return report_folder(reports, COMPARISON_PREFIX + report_id)
 
 
+PREDICTIONS = "predictions.parquet"
+"""A prediction job's table (a folder of ordered Parquet parts) in its output folder."""
+
+
 def predictions(output: str) -> str:
-    """The predictions table (a folder of ordered Parquet parts) in a prediction job's output folder."""
-    return _under(output, "predictions.parquet")
+    """The predictions table in the prediction job's output folder ``output``."""
+    return _under(output, PREDICTIONS)

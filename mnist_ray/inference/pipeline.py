@@ -3,7 +3,7 @@
 The driver turns its input into *units* of work, names and metadata only: a group of image files, one row group
 of a Parquet file, or a slice of the IDX test set. Ray Data tasks on the cluster read each unit (local paths, or
 URIs through pyarrow filesystems), decode and frame its images with the project's own decoder
-(:mod:`mnist_ray.inference.predict`; one bad file is a row with its reason, where ``ray.data.read_images`` would
+(:mod:`mnist_ray.inference.decoding`; one bad file is a row with its reason, where ``ray.data.read_images`` would
 fail the whole dataset), and the evaluation's model replicas score them (:func:`mnist_ray.inference.scoring.score`).
 So the driver never holds the images, and every core of the cluster decodes.
 
@@ -121,7 +121,7 @@ def read_units(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _read_unit(unit: dict[str, Any]) -> dict[str, np.ndarray]:
     """The columns (row, source, image, error, label) of every image of one unit."""
     from mnist_ray import data
-    from mnist_ray.inference import predict
+    from mnist_ray.inference import decoding
 
     if unit["kind"] == "idx":
         start, stop = unit["start"], unit["stop"]
@@ -129,9 +129,9 @@ def _read_unit(unit: dict[str, Any]) -> dict[str, np.ndarray]:
         n = len(labels)
         return _columns(np.arange(start, stop), [unit["images"]] * n, images, [None] * n, labels)
     if unit["kind"] == "row_group":
-        items = predict.read_row_group(unit["path"], unit["group"], unit["first"], unit["column"], unit["invert"])
+        items = decoding.read_row_group(unit["path"], unit["group"], unit["first"], unit["column"], unit["invert"])
     else:
-        items = [i for path in unit["paths"] for i in predict.read_file(path, unit["invert"], unit["column"])]
+        items = [i for path in unit["paths"] for i in decoding.read_file(path, unit["invert"], unit["column"])]
     blank = np.zeros((28, 28), np.uint8)
     images = np.stack([blank if i.image is None else i.image for i in items])
     rows = unit["unit"] * STRIDE + np.arange(len(items))

@@ -58,7 +58,9 @@ def resolve_checkpoint(checkpoint: str | None = None, run: str | None = None, mo
         inside = storage.join(checkpoint, folders.CHECKPOINT_FILE)
         if storage.is_file(inside):
             return storage.normalize(inside)
-        raise CheckpointError(f"checkpoint {checkpoint} does not exist: pass a model.pt or a checkpoint folder")
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not exist: pass a {folders.CHECKPOINT_FILE} or a checkpoint folder"
+        )
     if run:
         best = _best_of(storage.normalize(run))
         if not storage.is_file(best):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.errors import ConfigError
 from mnist_ray.files import capacity, folders, lease, publishing, storage
-from mnist_ray.inference import pipeline, predict
+from mnist_ray.inference import decoding, pipeline, predict
 from mnist_ray.inference.scoring import ScoringOptions
 from mnist_ray.inference.sources import CheckpointSource
 from mnist_ray.settings import cli
@@ -46,8 +46,8 @@ class PredictOptions(CheckpointSource, ScoringOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.invert not in predict.INVERT:
-            raise ConfigError(f"--invert must be one of {', '.join(predict.INVERT)}, got {self.invert!r}")
+        if self.invert not in decoding.INVERT:
+            raise ConfigError(f"--invert must be one of {', '.join(decoding.INVERT)}, got {self.invert!r}")
         validate_fields(self)
 
 
@@ -66,13 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = opts.resolve()[0]
     state = checkpoints.load(checkpoint, dataset=opts.dataset)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a Ray task
-    files = predict.discover(opts.input)  # names only: a missing or empty input is bad input, before Ray
+    files = decoding.discover(opts.input)  # names only: a missing or empty input is bad input, before Ray
     capacity.check_writable(storage.parent(target), "--output")  # the first write, after every check that needs no Ray
     with lease.holding([target], [f"prediction output {target}"]), stop.next_step(_NOTHING_PUBLISHED):
         return _predict(opts, ray_opts, target, checkpoint, state, files)
 
 
-_NOTHING_PUBLISHED = "nothing was published (predictions.parquet is written whole or not at all); rerun the command"
+_NOTHING_PUBLISHED = f"nothing was published ({folders.PREDICTIONS} is written whole or not at all); rerun the command"
 
 
 def _predict(opts: PredictOptions, ray_opts: RayOptions, target: str, checkpoint: str, state, files) -> int:

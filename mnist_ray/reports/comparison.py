@@ -137,7 +137,7 @@ def _summary(target: str, table: pd.DataFrame, panels: list, info: data.DatasetI
             for r in table.itertuples()
         ),
         "",
-        f"{mixed} images are right for some models and wrong for others (disagreements.parquet).",
+        f"{mixed} images are right for some models and wrong for others ({ReportFolder.disagreements}).",
         "",
         f"## Errors per {info.noun}",
         "",

@@ -175,7 +175,9 @@ def add_config_flags(p: argparse.ArgumentParser, base: dict[str, Any] | None = N
     g.add_argument(
         "--preset", default="default", choices=list(PRESETS), help="named recipe to start from (default: default)"
     )
-    g.add_argument("--config", metavar="FILE.json", help="JSON file or URI of TrainConfig fields (e.g. best.json)")
+    g.add_argument(
+        "--config", metavar="FILE.json", help="JSON file or URI of TrainConfig fields (e.g. a sweep's best config)"
+    )
     add_fields(g, TrainConfig, load_config(base=base), keep_unset=True, auto=layout.FIELDS)
 
 

@@ -94,7 +94,9 @@ def load(path: str | Path, model: str | None = None, dataset: str | None = None)
     if not storage.is_file(file) and storage.is_file(storage.join(file, CHECKPOINT_FILE)):
         file = storage.join(file, CHECKPOINT_FILE)  # a checkpoint folder
     if not storage.is_file(file):
-        raise CheckpointError(f"checkpoint {file} does not exist or is not a file: pass a model.pt or its folder")
+        raise CheckpointError(
+            f"checkpoint {file} does not exist or is not a file: pass a {CHECKPOINT_FILE} or its folder"
+        )
     with storage.local_copy(file) as local:
         state = _read(local, file)
     _check_layout(state, file)
@@ -107,7 +109,7 @@ def load(path: str | Path, model: str | None = None, dataset: str | None = None)
 def _read(local: Path, name: str) -> Any:
     """torch.load with weights only; every way a file can fail to be a checkpoint is one CheckpointError."""
     if local.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {name} is empty (0 bytes): pass a complete model.pt")
+        raise CheckpointError(f"checkpoint {name} is empty (0 bytes): pass a complete {CHECKPOINT_FILE}")
     if not zipfile.is_zipfile(local):
         raise CheckpointError(f"checkpoint {name} is corrupt or truncated (not a complete torch zip archive)")
     try:

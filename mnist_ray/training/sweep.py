@@ -78,7 +78,7 @@ def fit_layout(
         if size % workers or size % base.num_workers:
             raise ConfigError(
                 f"batch size {size} must be a multiple of the {workers} worker(s) per trial "
-                f"and of --num-workers {base.num_workers} (used by best.json): pass --batch-size/--batch-sizes"
+                f"and of --num-workers {base.num_workers} (used by {RunFolder.best_config}): pass --batch-size/--batch-sizes"
             )
     cfg = base.with_updates(num_workers=workers)
     trainer.check_fits(cfg)
