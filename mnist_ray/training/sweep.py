@@ -77,8 +77,8 @@ def fit_layout(
     for size in (base.batch_size, *batch_sizes):
         if size % workers or size % base.num_workers:
             raise ConfigError(
-                f"batch size {size} must be a multiple of the {workers} worker(s) per trial "
-                f"and of --num-workers {base.num_workers} (used by {RunFolder.best_config}): pass --batch-size/--batch-sizes"
+                f"batch size {size} must be a multiple of the {workers} worker(s) per trial and of --num-workers "
+                f"{base.num_workers} (used by {RunFolder.best_config}): pass --batch-size/--batch-sizes"
             )
     cfg = base.with_updates(num_workers=workers)
     trainer.check_fits(cfg)
