@@ -1,0 +1,1 @@
+"""Reports: metrics of predictions, evaluation and comparison reports, sweep reports, figures, MLflow."""
