@@ -159,8 +159,8 @@ def _cells(source: str, column: pa.ChunkedArray, first: int, invert: str) -> lis
 
 
 def _pixel_rows(column: pa.ChunkedArray) -> np.ndarray | None:
-    """A column of 784 pixel numbers per row as one (N, 784) array, without a Python object per pixel (a row
-    group of 65,536 rows read and framed 3.4x faster); None for any other column (encoded bytes, nulls, other
+    """A column of 784 pixel numbers per row as one (N, 784) array, without a Python object per pixel (which would
+    dominate the time to read a large row group); None for any other column (encoded bytes, nulls, other
     lengths), which is read cell by cell."""
     kind = column.type
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):

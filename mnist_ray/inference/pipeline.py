@@ -92,8 +92,8 @@ def dataset(units: list[dict[str, Any]], local: bool, tasks: int | None = None) 
     ``local``: the units name files on the driver's disk; on a multi-node cluster their tasks then run on the
     driver's node, the only one that has them. ``tasks``: at most this many at once, the scoring tasks' own
     limit, so Ray Data fuses reading and scoring into one task per unit. Two operators would split the CPUs
-    between them (Ray Data reserves resources per operator): on 2 CPUs, reading ran one task at a time and 10k
-    PNGs took 10.4 s to read where one task decodes them in about 3 s.
+    between them (Ray Data reserves resources per operator), and on a small machine reading would run one task
+    at a time.
     """
     import ray
 
@@ -168,8 +168,8 @@ def write(ds: Any, folder: str) -> None:
     writer, one ``part-*.parquet`` per block.
 
     Scored rows hold no images, so the object store holds little. Writing as a third operator that streams beside
-    the fused read-and-score tasks halved their rate on 2 CPUs (100k PNGs: 58 s, against 28 s to score and 0.4 s
-    to write after), whatever its CPU request and Ray Data's reservations.
+    the fused read-and-score tasks slows them down, whatever its CPU request and Ray Data's reservations, while
+    writing after scoring costs little.
     """
     fs, fs_path = storage.filesystem(folder)
     if not storage.is_uri(folder):

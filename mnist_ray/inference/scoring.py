@@ -3,8 +3,8 @@
 Inference runs as ``map_batches`` in Ray tasks on CPUs: each worker process loads the model once per evaluation
 and scores many batches (a GPU evaluation keeps an actor pool: see :func:`score`). Tasks, not an actor pool,
 because Ray reuses its idle worker processes for tasks: a process that imported torch for one evaluation scores
-the next one at once, where an actor pool started fresh processes for every evaluation (about 4.5 of each call's
-5.5 s on 2 cores; ``python -m bench.eval_pool``, bench/NOTES.md).
+the next one at once, where an actor pool starts fresh processes for every evaluation, and starting them takes
+most of a call's time (``python -m bench.eval_pool`` compares the two).
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ class ScoringOptions:
 
 
 CPU_CHUNK = 256
-"""Images per forward pass on a CPU, whose activations stay in cache: on one core, 10k test images took 2.25 s in
-batches of 1,000 (NCHW) and 0.66 s in chunks of 256 (NHWC), medians of 3 (bench/NOTES.md)."""
+"""Images per forward pass on a CPU: chunks of 256 keep the activations in cache, where batches of 1,000 do not."""
 
 
 class Predictor:
@@ -60,7 +59,7 @@ class Predictor:
         self.torch = torch
         self.device = torch.device("cuda" if use_gpu else "cpu")
         state = checkpoints.load(source["path"]) if "path" in source else ray.get(source["ref"][0])
-        # NHWC: oneDNN's and cuDNN's fast layout (with CPU_CHUNK, 3.4x faster scoring on a CPU core here)
+        # NHWC: oneDNN's and cuDNN's fast layout
         self.model = checkpoints.build_model(state).to(self.device, memory_format=torch.channels_last)
         self.stats = checkpoints.normalization(state)  # the statistics it was trained with
         self.chunk = None if use_gpu else CPU_CHUNK
@@ -109,7 +108,7 @@ def score(
     ``fn`` is :class:`Predictor` or a subclass (the prediction job's). ``pool`` is ``"tasks"`` on CPUs and
     ``"actors"`` (a pool of ``actors`` replicas) with ``use_gpu``: Ray runs a GPU function's process for one call
     only (``max_calls=1``), so GPU tasks would start a process and initialise CUDA per block, and the GPU path
-    keeps the actor pool measured on the H100s (docs/gpu.md). ``bench/eval_pool.py`` compares the two on CPUs.
+    keeps the actor pool (docs/gpu.md). ``bench/eval_pool.py`` compares the two on CPUs.
     Returns the mapped dataset, lazily: consuming it runs the pipeline.
     """
     import uuid

@@ -33,8 +33,8 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
 def cnn(dropout: float = 0.25) -> nn.Module:
     """Small VGG-style CNN: conv + batch norm + max pooling (28 -> 14 -> 7 -> 3), then a 128-unit head.
 
-    Sized for CPUs: about 12 s per epoch of 55k images on two cores, and still above 99.4% test
-    accuracy with augmentation and a one-cycle schedule (docs/benchmarks.md).
+    Sized for CPUs: small enough that an epoch takes seconds on two cores, and large enough for the 99.4% test
+    accuracy goal with augmentation and a one-cycle schedule (docs/benchmarks.md).
     """
     return nn.Sequential(
         *_conv_block(1, 16),
@@ -67,9 +67,8 @@ def set_cpu_threads(threads: int) -> None:
     """Run this process's torch CPU ops on ``threads`` threads, with denormal floats flushed to zero.
 
     Late in a run, tiny gradients make tiny squares in the optimizer's state and weights (below 1.2e-38, where x86
-    computes in microcode): a rmsprop retrain's epochs went from 11 s to 45-108 s, and steps on its epoch-11
-    checkpoint ran 6.6-12.8x faster flushed, on one thread (bench/NOTES.md). Flushing changes only such values,
-    which are noise.
+    computes in microcode), and steps slow down several times over. Flushing changes only such values, which are
+    noise.
     """
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)

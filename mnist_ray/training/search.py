@@ -108,9 +108,7 @@ class SweepOptions:
     reuse_actors: bool = False
     """Run the next trial in a finished trial's process (Tune's reuse_actors), skipping its start and imports.
 
-    Off by default, as in Ray: it sped a 4-trial sweep up (46.7 s against 55.4 s, bench/levers.py ``sweeps``),
-    but an 8-trial sweep with it stalled after 5 trials, with Tune waiting on its trial queue and no trial
-    running (bench/NOTES.md).
+    Off by default, as in Ray: it makes a sweep faster, but an 8-trial sweep with it stalled (bench/NOTES.md).
     """
 
     def __post_init__(self) -> None:
