@@ -109,3 +109,26 @@ def test_wrong_types_in_a_config_file_are_named(tmp_path):
 def test_relative_storage_path_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert RunOptions(storage_path="ckpts").folder.storage_root == str(tmp_path / "ckpts")
+
+
+def test_each_class_declares_its_own_intervals():
+    """A field's interval belongs to its class: the evaluation's batch may exceed the training set, a train batch not;
+    sweep options and search spaces are checked by the same rule as the training config."""
+    from mnist_ray.jobs.evaluate import EvalOptions
+    from mnist_ray.training.search import SearchSpace, SweepOptions
+
+    assert EvalOptions(batch_size=100_000).batch_size == 100_000
+    with pytest.raises(ConfigError, match=r"batch_size must be in \[1, 60000\]"):
+        TrainConfig(batch_size=100_000)
+    with pytest.raises(ConfigError, match=r"actors must be in \[1, 1024\], got 0: pass --actors"):
+        EvalOptions(actors=0)
+    with pytest.raises(ConfigError, match=r"min_accuracy must be in \[0, 1\], got 2"):
+        EvalOptions(min_accuracy=2.0)
+    with pytest.raises(ConfigError, match=r"reduction_factor must be in \(1, inf\), got 1: pass --reduction-factor"):
+        SweepOptions(reduction_factor=1.0)
+    with pytest.raises(ConfigError, match="reduction_factor must be a finite number"):
+        SweepOptions(reduction_factor=float("nan"))
+    with pytest.raises(ConfigError, match=r"lr_values must be in \(0, inf\), got -1"):
+        SearchSpace(lr_values=(1e-3, -1.0))
+    with pytest.raises(ConfigError, match="unknown optimizers 'lamb'; valid: sgd, adam, adamw, rmsprop"):
+        SearchSpace(optimizers=("adam", "lamb"))

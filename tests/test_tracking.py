@@ -117,7 +117,7 @@ def test_mlflow_not_installed_is_one_line(tmp_path):
     """A URI without the extra installed: the install command, exit 2, before anything else."""
     code = (
         "import sys; sys.modules['mlflow'] = None\n"
-        "from mnist_ray import cli; from mnist_ray.jobs import train\n"
+        "from mnist_ray.settings import cli; from mnist_ray.jobs import train\n"
         f"sys.exit(cli.run(train.main, ['--output', '{tmp_path}/out', '--mlflow-uri', 'sqlite:///{tmp_path}/m.db']))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

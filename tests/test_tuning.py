@@ -162,16 +162,19 @@ def test_a_resumed_sweep_keeps_its_reuse_actors_choice(tmp_path):
 @pytest.mark.parametrize(
     ("space", "message"),
     [
-        ({"lr_max": float("inf")}, "finite and positive"),
-        ({"lr_values": (float("nan"), 1.0)}, "finite and positive"),
+        ({"lr_max": float("inf")}, "lr_max must be a finite number, got inf: pass a real value to --lr-max"),
+        ({"lr_values": (float("nan"), 1.0)}, "lr_values must be a finite number"),
+        ({"lr_min": 0.0}, r"lr_min must be in \(0, inf\), got 0: pass --lr-min"),
         ({"lr_min": 0.1, "lr_max": 0.01}, "minimum must not exceed"),
-        ({"optimizers": ("lion",)}, "unknown or empty --optimizers"),
+        ({"optimizers": ("lion",)}, "unknown optimizers 'lion'"),
+        ({"optimizers": ()}, "--optimizers needs at least one value"),
+        ({"batch_sizes": (0,)}, r"batch_sizes must be in \[1, 60000\]"),
     ],
 )
 def test_bad_search_spaces_are_refused(space, message):
     with pytest.raises(ConfigError, match=message):
         search.SearchSpace(**space)
-    with pytest.raises(ConfigError, match="reduction-factor > 1"):
+    with pytest.raises(ConfigError, match="reduction_factor must be a finite number"):
         search.SweepOptions(reduction_factor=float("nan"))
 
 

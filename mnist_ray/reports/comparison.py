@@ -105,9 +105,7 @@ def write_comparison(results: Sequence[Result], target: str, overwrite: bool = F
     panels = []
     for ev, m in results:
         errors = metrics.named(metrics.digit_errors(ev.predictions), info)
-        panels.append(
-            (f"{m['run_id']} ({m['model']}): {m['accuracy']:.2%}", metrics.confusion(ev.predictions), errors)
-        )
+        panels.append((f"{m['run_id']} ({m['model']}): {m['accuracy']:.2%}", metrics.confusion(ev.predictions), errors))
     with tempfile.TemporaryDirectory(prefix="mnist-ray-compare") as folder:
         local = ReportFolder(folder)
         table.to_parquet(local.comparison, index=False)

@@ -20,8 +20,7 @@ from mnist_ray import data
 from mnist_ray.errors import MnistRayError
 from mnist_ray.files import folders, publishing, storage
 from mnist_ray.files.folders import ReportFolder
-from mnist_ray.reports import metrics
-from mnist_ray.reports import plots
+from mnist_ray.reports import metrics, plots
 from mnist_ray.settings.rules import check_name
 
 if TYPE_CHECKING:  # the evaluation writes its reports with this module
