@@ -79,9 +79,8 @@ def write(grid, out: RunFolder, params: list[str], cfg: TrainConfig, wall_s: flo
         f"{k}={getattr(best_cfg, k)}" for k in SWEEP_ONLY if getattr(best_cfg, k) != getattr(TrainConfig(), k)
     )
     if dropped:
-        emit(
-            f"{RunFolder.best_config} leaves out the sweep-only settings {dropped}: train.py uses its own (or pass them)"
-        )
+        left = f"{RunFolder.best_config} leaves out the sweep-only settings {dropped}"
+        emit(f"{left}: train.py uses its own (or pass them)")
     with tempfile.TemporaryDirectory(prefix="mnist-ray-sweep") as folder:
         local = RunFolder(folder, folder)
         trials.to_parquet(local.trials, index=False)
