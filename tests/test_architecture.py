@@ -31,7 +31,7 @@ def folder_file_names() -> set[str]:
     }
     names |= {Path(p).name for p in folders.reports_history("x")} | {folders.PREDICTIONS}
     names |= {n.rsplit("/", 1)[-1] for n in names}
-    return {n for n in names if "." in n}  # "train" and the like are words too, not only folder names
+    return {n for n in names if "." in n} | {folders.RAY_CHECKPOINT_PREFIX}  # "train" is a word too
 
 
 def string_constants(path: Path) -> list[tuple[int, str]]:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mnist_ray import data
+from mnist_ray.files.folders import checkpoint_dir_name
 from mnist_ray.reports import tracking
 from mnist_ray.settings.config import TrainConfig
 from mnist_ray.training import checkpoints, models
@@ -129,6 +130,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     history=history,
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:03d}")
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch + 1))
         if mlflow:  # once its checkpoint is saved: a restarted worker group never logs an epoch twice
             mlflow.log_metrics(metrics, step=epoch + 1)
