@@ -47,7 +47,7 @@ def main() -> None:
     connection.connect()
     evaluation.score_test_set(prep)  # warm: worker processes started once
     small = pairs(prep, arrays.test_x)
-    large = pairs(evaluation.Prepared(str(ckpt), prep.state, big), np.tile(arrays.test_x, (10, 1, 1)))
+    large = pairs(evaluation.Prepared(prep.members, prep.states, big), np.tile(arrays.test_x, (10, 1, 1)))
     common.save(
         "evaluation",
         {
@@ -69,7 +69,7 @@ def pairs(prep: evaluation.Prepared, images: np.ndarray) -> dict:
         start = time.perf_counter()
         evaluation.score_test_set(prep)
         ray_rates.append(round(prep.test.n / (time.perf_counter() - start)))
-        plain_rates.append(round(plain(prep.state, images)))
+        plain_rates.append(round(plain(prep.states[0], images)))
     ratios = [r / p for r, p in zip(ray_rates, plain_rates, strict=True)]
     return {
         "ray_data_images_per_s_runs": ray_rates,

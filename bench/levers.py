@@ -122,7 +122,7 @@ def _scoring_s(channels_last: bool, chunk: int | None, folder: str) -> float:
     from mnist_ray.inference import scoring
 
     arrays = data.load("mnist")
-    predictor = scoring.Predictor({"path": folder}, threads=1)
+    predictor = scoring.Predictor({"paths": [folder]}, threads=1)
     if not channels_last:  # the scoring as it was before 2026-11-26: NCHW weights
         predictor.model = predictor.model.to(memory_format=torch.contiguous_format)
     predictor.chunk = chunk

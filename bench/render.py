@@ -139,6 +139,30 @@ def asha_sweeps() -> list[str]:
     ]
 
 
+def ensembles() -> list[str]:
+    """bench/ensemble.py: a sweep of seeds, its members' test accuracy, and every top-k ensemble scored."""
+    r = _load("ensemble_default")
+    if not r:
+        return []
+    out = [
+        "## Ensembles from a sweep of seeds",
+        "",
+        f"`{r['command']}` ({r['date']}, {r['machine']}): {len(r['trials'])} trials in {r['sweep_wall_s']:.0f} s.",
+        f"Single models: {_pct(r['single_mean'])} mean test accuracy, std {r['single_std'] * 100:.2f} points,",
+        f"over {len(r['members'])} seeds. Members are the best k trials by validation accuracy; every ensemble scored",
+        "on the test set is listed.",
+        "",
+        "| ensemble | command | test accuracy | test loss | right only here | wrong only here |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for e in r["ensembles"]:
+        out.append(
+            f"| top {e['k']} | `{e['command']}` | {_pct(e['test_accuracy'])} | {e['test_loss']:.4f} "
+            f"| {e['right_only_here']} | {e['wrong_only_here']} |"
+        )
+    return [*out, ""]
+
+
 def predict_scale() -> list[str]:
     """bench/predict_scale.py: the prediction job at scale against a plain loop, today's code beside the new."""
     files = {"before": "predict_scale_before", "after": "predict_scale"}
@@ -449,6 +473,7 @@ def main() -> None:
         *ops_faults(),
         *asha_sweeps(),
         *predict_scale(),
+        *ensembles(),
         "## Levers: A/B of Ray's fixed costs",
         "",
         *levers(),

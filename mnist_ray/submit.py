@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import shlex
 import signal
@@ -36,6 +35,7 @@ from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 from mnist_ray.cluster import stop
 from mnist_ray.cluster.connection import reachable
 from mnist_ray.errors import EXIT_USAGE, MnistRayError
+from mnist_ray.ray_workarounds import loggers
 
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 STOP_WAIT_S = 10.0
@@ -160,7 +160,7 @@ def stop_job(client: JobSubmissionClient, job_id: str, exc: KeyboardInterrupt) -
 def main(argv: list[str] | None = None) -> int:
     """Submit, stream the logs, and return the job's exit code (2 with one error line if the server is unusable)."""
     args = parse_args(argv)
-    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed ..." notes
+    loggers.quiet_job_client_notes()
     try:
         address = job_server_address(args.address)
         client = connect(address)

@@ -82,3 +82,13 @@ def tiny_run(ray_session, tmp_path_factory):
     epochs: list[dict] = []
     outputs = trainer.train(cfg, opts, on_epoch=epochs.append)
     return cfg, opts, outputs, epochs
+
+
+@pytest.fixture(scope="session")
+def tiny_ann(ray_session, tmp_path_factory):
+    """A tiny ANN run with the suite's tiny settings: the notebook's other model (comparisons, ensembles)."""
+    from mnist_ray.settings.config import RunOptions, TrainConfig
+    from mnist_ray.training import trainer
+
+    opts = RunOptions(name="tiny-ann", output=str(tmp_path_factory.mktemp("ann-runs")))
+    return trainer.train(TrainConfig(**TINY, model="ann"), opts)

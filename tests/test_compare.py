@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from matplotlib import image
 
 from mnist_ray import data
@@ -21,7 +20,7 @@ from mnist_ray.jobs import evaluate
 from mnist_ray.reports import comparison, metrics, report
 from mnist_ray.settings.config import TrainConfig
 from mnist_ray.training import checkpoints, models
-from tests.conftest import REPORT_FILES, TINY
+from tests.conftest import REPORT_FILES
 from tests.helpers import assert_one_line_error, call
 
 COMPARISON_FILES = {
@@ -126,16 +125,6 @@ def test_models_of_different_datasets_are_not_compared(tmp_path, capsys):
     result = call(evaluate.main, capsys, *args, "--reports", str(tmp_path / "r"))
     assert_one_line_error(result, "the models of one comparison must be trained on the same dataset")
     assert not (tmp_path / "r").exists()
-
-
-@pytest.fixture(scope="module")
-def tiny_ann(ray_session, tmp_path_factory):
-    """A tiny ANN run with the suite's tiny settings: the notebook's other model."""
-    from mnist_ray.settings.config import RunOptions
-    from mnist_ray.training import trainer
-
-    opts = RunOptions(name="tiny-ann", output=str(tmp_path_factory.mktemp("ann-runs")))
-    return trainer.train(TrainConfig(**TINY, model="ann"), opts)
 
 
 def test_cnn_vs_ann_comparison_agrees_with_their_own_reports(tiny_run, tiny_ann, tmp_path, capsys):

@@ -184,7 +184,7 @@ def test_a_checkpoint_is_scored_with_the_statistics_it_was_trained_with(tmp_path
     state = checkpoints.load(_checkpoint(tmp_path, "fashion-mnist"))
     assert state["normalization"] == {"mean": 0.2860, "std": 0.3530} and checkpoints.normalization(state) == fashion
     images = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
-    predictor = scoring.Predictor({"path": str(tmp_path / "model.pt")})
+    predictor = scoring.Predictor({"paths": [str(tmp_path / "model.pt")]})
     model = checkpoints.build_model(state)
     with torch.inference_mode():
         expected = torch.log_softmax(model(data.normalize(images, fashion)), 1)

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from mnist_ray.files import capacity, publishing
+from mnist_ray.files.folders import RunFolder
 from mnist_ray.jobs import evaluate
 from mnist_ray.training import checkpoints, progress
 from tests import helpers
@@ -70,7 +71,8 @@ def test_a_disk_that_fills_mid_run_fails_at_once_and_the_same_command_resumes(tm
     assert line.endswith("free some space; the same command resumes"), line
     assert "lost worker" not in result.stdout + result.stderr  # no worker-group restart was spent on it
     assert "Traceback" not in result.stdout + result.stderr
-    assert checkpoints.last_epoch(str(out / "s")) == 1  # the cut-short epoch-2 checkpoint is not the latest
+    run = RunFolder(str(out / "s"), str(out / "s"))
+    assert checkpoints.last_epoch(run) == 1  # the cut-short epoch-2 checkpoint is not the latest
     assert not (out / "s" / "best_checkpoint").exists() and not (out / ".s.lease").exists()
 
     filler.unlink()

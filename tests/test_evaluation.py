@@ -74,7 +74,7 @@ def test_the_pipeline_scores_the_test_files_as_the_model_does_in_this_process(ti
     _, folder, metrics = report
     preds = pd.read_parquet(folder / "predictions.parquet")
     arrays = data.load()
-    here = scoring.Predictor({"path": tiny_run[2].best_checkpoint}, threads=2)(
+    here = scoring.Predictor({"paths": [tiny_run[2].best_checkpoint]}, threads=2)(
         {"row": np.arange(10000), "label": arrays.test_y, "image": arrays.test_x}
     )
     assert (preds["label"].to_numpy() == arrays.test_y).all() and (preds["predicted"] == here["predicted"]).all()

@@ -68,7 +68,7 @@ def checkpoint(tmp_path_factory, arrays) -> str:
 @pytest.fixture(scope="module")
 def reference(checkpoint, arrays) -> np.ndarray:
     """The checkpoint's log-probabilities on the 10k test images, from the evaluation job's own scorer."""
-    return scoring.Predictor({"path": checkpoint}, threads=torch.get_num_threads()).log_probs(arrays.test_x).numpy()
+    return scoring.Predictor({"paths": [checkpoint]}, threads=torch.get_num_threads()).log_probs(arrays.test_x).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_a_fashion_mnist_ann_exports_with_its_own_normalisation(tmp_path):
     cfg = TrainConfig(model="ann", dataset="fashion-mnist").to_dict()
     model = models.build("ann", seed=0).eval()
     ckpt = str(checkpoints.save(tmp_path, model=model, optimizer=None, config=cfg, epoch=1, history=[]))
-    meta = lib.export(checkpoints.load(ckpt), ckpt, ("pt2", "onnx"), tmp_path / "out")
+    meta = lib.export([checkpoints.load(ckpt)], [ckpt], ("pt2", "onnx"), tmp_path / "out")
     assert max(meta["checked"]["max_abs_log_probability_difference"].values()) <= lib.TOLERANCE
     stats = data.DATASET_INFO["fashion-mnist"].normalization
     assert (meta["normalization"]["mean"], meta["normalization"]["std"]) == (stats.mean, stats.std) != (0.1307, 0.3081)

@@ -42,10 +42,10 @@ def test_lost_worker_restarts_from_last_checkpoint_and_says_so_in_one_line(tmp_p
         if metrics["epoch"] == 4:
             final_workers.extend(_alive_train_workers())
 
-    caplog.set_level("WARNING", logger="mnist_ray.training.trainer")
+    caplog.set_level("WARNING", logger="mnist_ray.training.progress")
     caplog.set_level("DEBUG", logger="mnist_ray.ray_workarounds.output")  # last: the capture handler takes this level
     out = trainer.train(TrainConfig(**SLOWER), RunOptions(name="lost", output=str(tmp_path), max_failures=2), on_epoch)
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_ray.training.trainer"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_ray.training.progress"]
     # Ray's raylet dump about the dead worker reached the driver, but only its debug log, not the output.
     assert any(
         "ray: A worker died" in r.getMessage() for r in caplog.records if r.name == "mnist_ray.ray_workarounds.output"

@@ -113,7 +113,7 @@ def _autoscaling_coordinator():
 def _loggers():
     from mnist_ray.ray_workarounds import loggers
 
-    for name in (loggers.TOKEN_NOTICE, loggers.UNHANDLED_ERRORS, loggers.RAY_DATA_PROGRESS):
+    for name in (loggers.TOKEN_NOTICE, loggers.UNHANDLED_ERRORS, loggers.RAY_DATA_PROGRESS, loggers.JOB_CLIENT):
         assert _logger_of(name) == name  # the module still logs under its own name
 
 

@@ -76,7 +76,7 @@ def main() -> None:
         """The test set ``times`` over, as IDX files the pipeline reads, and as the plain loop's array."""
         images = np.tile(x, (times, 1, 1))
         files = data.write_test(common.WORK / f"test_x{times}", images, np.tile(y, times))
-        return evaluation.Prepared(prep.checkpoint, prep.state, files), images
+        return evaluation.Prepared(prep.members, prep.states, files), images
 
     base, images = tiled(1)
     connection.connect(num_cpus=4 if use_gpu else 2)
@@ -90,11 +90,11 @@ def main() -> None:
     n = len(images)
     seconds, _ = timed_predict(base, use_gpu, args.batch_size)
     result.update(test_accuracy_bf16=accuracy, n=n, ray_data_images_per_s=round(n / seconds))
-    result["plain_images_per_s"] = round(plain(prep.state, images, args.batch_size, use_gpu))
+    result["plain_images_per_s"] = round(plain(prep.states[0], images, args.batch_size, use_gpu))
     big, big_images = tiled(10)
     seconds, _ = timed_predict(big, use_gpu, args.batch_size)
     result.update(n_big=len(big_images), ray_data_images_per_s_big=round(len(big_images) / seconds))
-    result["plain_images_per_s_big"] = round(plain(prep.state, big_images, args.batch_size, use_gpu))
+    result["plain_images_per_s_big"] = round(plain(prep.states[0], big_images, args.batch_size, use_gpu))
     result["ratio_big"] = round(result["ray_data_images_per_s_big"] / result["plain_images_per_s_big"], 3)
     common.save("gpu_inference", "ray_data", result)  # kept if the huge pass below runs out of time
     # Each pass pays a fresh actor's start (seconds on a GPU machine), so the pipeline's own rate is the slope
@@ -106,7 +106,7 @@ def main() -> None:
         n_huge=len(huge_images),
         ray_data_huge_s=round(huge_s, 2),
         ray_data_marginal_images_per_s=round(extra / max(huge_s - seconds, 1e-9)),
-        plain_images_per_s_huge=round(plain(prep.state, huge_images, args.batch_size, use_gpu)),
+        plain_images_per_s_huge=round(plain(prep.states[0], huge_images, args.batch_size, use_gpu)),
     )
     result["ratio_marginal"] = round(result["ray_data_marginal_images_per_s"] / result["plain_images_per_s_huge"], 3)
     if use_gpu:

@@ -26,11 +26,27 @@ from mnist_ray.training import checkpoints
 
 @dataclass(frozen=True)
 class Prepared:
-    """A checkpoint loaded and checked, and the test files it is scored on: everything before Ray."""
+    """A model's checkpoints loaded and checked (one, or an ensemble's members), and the test files it is scored on:
+    everything before Ray."""
 
-    checkpoint: str
-    state: dict[str, Any]
+    members: tuple[str, ...]
+    states: tuple[dict[str, Any], ...]
     test: data.TestFiles
+
+    @property
+    def checkpoint(self) -> str:
+        """The checkpoint, or an ensemble's members joined by `` + ``."""
+        return " + ".join(self.members)
+
+    @property
+    def model(self) -> str:
+        """The architecture, or ``ensemble of cnn+cnn+ann``."""
+        names = [s["model"] for s in self.states]
+        return names[0] if len(names) == 1 else "ensemble of " + "+".join(names)
+
+    @property
+    def dataset(self) -> str:
+        return self.states[0]["dataset"]
 
 
 def prepare(
@@ -39,20 +55,27 @@ def prepare(
     """Load the checkpoint and verify the test files, failing here (not in a Ray task) on any problem with either."""
     state = checkpoints.load(checkpoint, dataset=dataset)
     checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a task
-    return Prepared(checkpoint, state, test if test is not None else data.test_files(state["dataset"], data_dir))
+    return Prepared((checkpoint,), (state,), test if test is not None else data.test_files(state["dataset"], data_dir))
 
 
 def prepare_all(sources: Sequence[str], dataset: str | None = None, data_dir: str | None = None) -> list[Prepared]:
     """Load every checkpoint and the test set once (before Ray); refuse models trained on different datasets."""
     first = prepare(sources[0], dataset, data_dir)
     prepared = [first] + [prepare(s, dataset, test=first.test) for s in sources[1:]]
-    odd = [p for p in prepared if p.state["dataset"] != first.state["dataset"]]
+    odd = [p for p in prepared if p.dataset != first.dataset]
     if odd:
         raise ConfigError(
-            f"cannot compare {first.checkpoint} ({first.state['dataset']}) with {odd[0].checkpoint} "
-            f"({odd[0].state['dataset']}): the models of one comparison must be trained on the same dataset"
+            f"cannot compare {first.checkpoint} ({first.dataset}) with {odd[0].checkpoint} "
+            f"({odd[0].dataset}): the models of one comparison must be trained on the same dataset"
         )
     return prepared
+
+
+def ensemble(members: Sequence[Prepared]) -> Prepared:
+    """One model of the prepared ``members`` (from :func:`prepare_all`): the mean of their probabilities."""
+    return Prepared(
+        tuple(m for p in members for m in p.members), tuple(s for p in members for s in p.states), members[0].test
+    )
 
 
 @dataclass(frozen=True)
@@ -86,12 +109,12 @@ def score_test_set(
     """
     units = pipeline.idx_units(prep.test.images, prep.test.labels, prep.test.n, max(1, actors))
     scored = scoring.score(
-        units, True, prep.checkpoint, prep.state, scoring.Predictor, use_gpu, actors, batch_size, progress, pool
+        units, True, prep.members, prep.states, scoring.Predictor, use_gpu, actors, batch_size, progress, pool
     )
     with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.ray_workarounds.output)
         predictions = scored.to_pandas().sort_values("index", ignore_index=True)
     predictions["correct"] = predictions["label"] == predictions["predicted"]
-    return Evaluation(predictions, prep.checkpoint, prep.state["model"], prep.state["dataset"], prep.test)
+    return Evaluation(predictions, prep.checkpoint, prep.model, prep.dataset, prep.test)
 
 
 def evaluate_to_report(

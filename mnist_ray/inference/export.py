@@ -16,7 +16,8 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,9 +76,23 @@ def class_names(dataset: str) -> list[str]:
     return list(data.DATASET_INFO[dataset].classes)
 
 
-def serving_model(state: dict[str, Any]) -> ServingModel:
-    """The checkpoint's model (eval mode) wrapped in the normalisation it was trained with."""
-    return ServingModel(checkpoints.build_model(state), *normalization(state)).eval()
+class ServingEnsemble(nn.Module):
+    """Several serving models as one: the log of their mean probability is its ``logits`` (its own log-softmax)."""
+
+    def __init__(self, members: list[ServingModel]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        each = torch.stack([torch.log_softmax(member(images), 1) for member in self.members])
+        return torch.logsumexp(each, 0) - math.log(len(self.members))
+
+
+def serving_model(states: Sequence[dict[str, Any]]) -> nn.Module:
+    """The checkpoint's model (eval mode) wrapped in the normalisation it was trained with; several checkpoints:
+    their ensemble."""
+    wrapped = [ServingModel(checkpoints.build_model(s), *normalization(s)) for s in states]
+    return (wrapped[0] if len(wrapped) == 1 else ServingEnsemble(wrapped)).eval()
 
 
 def parse_formats(value: str) -> tuple[str, ...]:
@@ -155,9 +170,10 @@ def load_logits(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
     return session.run([OUTPUT], {INPUT: images})[0]
 
 
-def reference_log_probs(checkpoint: str, pixels: np.ndarray) -> np.ndarray:
-    """Log-probabilities of uint8 images (N, 28, 28) from the evaluation's own scorer, its preprocessing included."""
-    scorer = scoring.Predictor({"path": checkpoint}, threads=torch.get_num_threads())
+def reference_log_probs(members: Sequence[str], pixels: np.ndarray) -> np.ndarray:
+    """Log-probabilities of uint8 images (N, 28, 28) from the evaluation's own scorer, its preprocessing included,
+    of the checkpoint ``members`` (one, or an ensemble's)."""
+    scorer = scoring.Predictor({"paths": list(members)}, threads=torch.get_num_threads())
     return scorer.log_probs(pixels).numpy()
 
 
@@ -189,47 +205,60 @@ def _versions(folder: Path, formats: tuple[str, ...]) -> dict[str, str | int]:
     return versions
 
 
-def metadata(state: dict[str, Any], checkpoint: str, folder: Path, diffs: dict[str, float]) -> dict:
-    """The contents of export.json: how to call the exports and where their weights came from.
+def _source(state: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+    """Where one model's weights came from."""
+    best = max((h.get("val_acc", 0.0) for h in state["history"]), default=None)
+    return {
+        "checkpoint": checkpoint,
+        "model": state["model"],
+        "dataset": state["dataset"],
+        "epoch": state["epoch"],
+        "best_val_acc": best,
+    }
+
+
+def metadata(states: Sequence[dict[str, Any]], members: Sequence[str], folder: Path, diffs: dict[str, float]) -> dict:
+    """The contents of export.json: how to call the exports and where their weights came from (an ensemble: each
+    member's, under ``members``).
 
     ``diffs``: by format, the largest difference :func:`check_export` found.
     """
+    state = states[0]
     mean, std = normalization(state)
-    best = max((h.get("val_acc", 0.0) for h in state["history"]), default=None)
+    sources = [_source(s, m) for s, m in zip(states, members, strict=True)]
     return {
         "files": {fmt: FORMATS[fmt] for fmt in diffs},
         "input": {"name": INPUT, "dtype": "float32", "shape": ["batch", 1, 28, 28], "pixel_range": [0, 255]},
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", models.NUM_CLASSES], "meaning": "logits"},
         "classes": class_names(state["dataset"]),
         "normalization": {"mean": mean, "std": std, "applied": "inside the model: (images / 255 - mean) / std"},
-        "source": {
-            "checkpoint": checkpoint,
-            "model": state["model"],
-            "dataset": state["dataset"],
-            "epoch": state["epoch"],
-            "best_val_acc": best,
-        },
+        "source": sources[0]
+        if len(sources) == 1
+        else {"ensemble": "mean of the members' probabilities", "members": sources},
         "checked": {"images": CHECK_IMAGES, "max_abs_log_probability_difference": diffs},
         "versions": _versions(folder, tuple(diffs)),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def export(state: dict[str, Any], checkpoint: str, formats: tuple[str, ...], folder: Path) -> dict[str, Any]:
+def export(
+    states: Sequence[dict[str, Any]], members: Sequence[str], formats: tuple[str, ...], folder: Path
+) -> dict[str, Any]:
     """Write each format and export.json into the local ``folder``, each file checked; the metadata written.
 
-    ``checkpoint`` is where ``state`` was loaded from: the evaluation's scorer reads it for the check.
+    ``members`` are where ``states`` were loaded from (one checkpoint, or an ensemble's): the evaluation's scorer
+    reads them for the check.
     """
-    module = serving_model(state)
+    module = serving_model(states)
     writers = {"pt2": write_pt2, "onnx": write_onnx}
     pixels = np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, 28, 28), dtype=np.uint8)
-    want = reference_log_probs(checkpoint, pixels)
+    want = reference_log_probs(members, pixels)
     diffs: dict[str, float] = {}
     for fmt in formats:
         path = folder / FORMATS[fmt]
         writers[fmt](module, path)
         diffs[fmt] = check_export(fmt, path, pixels, want)
         log.debug("%s: largest logit difference %.3g", path.name, diffs[fmt])
-    meta = metadata(state, checkpoint, folder, diffs)
+    meta = metadata(states, members, folder, diffs)
     (folder / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
     return meta

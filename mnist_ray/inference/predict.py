@@ -9,6 +9,7 @@ Parquet parts into a staging folder and published whole. An input with no readab
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,20 +83,21 @@ class Counts:
 
 def predict(
     files: list[str],
-    checkpoint: str,
-    state: dict[str, Any],
+    members: Sequence[str],
+    states: Sequence[dict[str, Any]],
     staging: str,
     invert: str = "auto",
     column: str = "image",
     **score: Any,
 ) -> Counts:
-    """Read, decode, frame and score ``files`` on Ray Data (Ray must be initialised) and write the predictions,
+    """Read, decode, frame and score ``files`` on Ray Data (Ray must be initialised) with the model in the
+    checkpoint ``members`` (one, or an ensemble's), loaded as ``states``, and write the predictions,
     in input order, as ``<staging>/predictions.parquet/part-*.parquet``; ``score`` goes to
     :func:`mnist_ray.inference.scoring.score` (use_gpu, actors, batch_size, progress)."""
     units = pipeline.file_units(files, column, invert, score.get("actors", 2))
     score["actors"] = min(score.get("actors", 2), len(units))  # never more replicas than units of work
     local = not any(storage.is_uri(f) for f in files)
-    scored = scoring.score(units, local, checkpoint, state, ImagePredictor, **score)
+    scored = scoring.score(units, local, members, states, ImagePredictor, **score)
     with output.dropping_native_lines():  # Ray Data's actor-argument line (see mnist_ray.ray_workarounds.output)
         pipeline.write(scored, folders.predictions(staging))
     return count(folders.predictions(staging))

@@ -9,6 +9,8 @@ most of a call's time (``python -m bench.eval_pool`` compares the two).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -44,11 +46,12 @@ CPU_CHUNK = 256
 
 
 class Predictor:
-    """Holds the model and maps a batch of images to predictions: one per worker process and evaluation.
+    """Holds the model (or an ensemble's members) and maps a batch of images to predictions: one per worker process
+    and evaluation.
 
-    Each process reads the checkpoint itself (a path every node reaches: one node, or a URI), so no
-    large argument goes through the object store; only a multi-node cluster with a checkpoint on the
-    driver's local disk gets the state as an object-store reference instead.
+    Each process reads the checkpoints itself (paths every node reaches: one node, or URIs), so no large argument
+    goes through the object store; only a multi-node cluster with checkpoints on the driver's local disk gets the
+    states as object-store references instead. An ensemble's prediction is the mean of its members' probabilities.
     """
 
     def __init__(self, source: dict[str, Any], use_gpu: bool = False, threads: int = 1) -> None:
@@ -58,22 +61,29 @@ class Predictor:
         models.set_cpu_threads(threads)
         self.torch = torch
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        state = checkpoints.load(source["path"]) if "path" in source else ray.get(source["ref"][0])
+        states = [checkpoints.load(p) for p in source["paths"]] if "paths" in source else ray.get(source["refs"])
         # NHWC: oneDNN's and cuDNN's fast layout
-        self.model = checkpoints.build_model(state).to(self.device, memory_format=torch.channels_last)
-        self.stats = checkpoints.normalization(state)  # the statistics it was trained with
+        self.models = [checkpoints.build_model(s).to(self.device, memory_format=torch.channels_last) for s in states]
+        self.stats = [checkpoints.normalization(s) for s in states]  # the statistics each was trained with
         self.chunk = None if use_gpu else CPU_CHUNK
 
     def log_probs(self, images: np.ndarray) -> Any:
-        """Log-probabilities (N, classes) of uint8 (N, 28, 28) images, a tensor on the model's device.
+        """Log-probabilities (N, classes) of uint8 (N, 28, 28) images, a tensor on the model's device; of an
+        ensemble, the log of its members' mean probability.
 
-        On a CPU the batch goes through the model in chunks of :data:`CPU_CHUNK` images; a GPU takes it whole.
+        On a CPU the batch goes through each model in chunks of :data:`CPU_CHUNK` images; a GPU takes it whole.
         """
+        each = [self._log_probs(model, stats, images) for model, stats in zip(self.models, self.stats, strict=True)]
+        if len(each) == 1:
+            return each[0]
+        return self.torch.logsumexp(self.torch.stack(each), 0) - math.log(len(each))
+
+    def _log_probs(self, model: Any, stats: data.Normalization, images: np.ndarray) -> Any:
         torch = self.torch
         step = self.chunk or len(images)  # normalised a chunk at a time on a CPU: its floats stay in cache
-        parts = (data.normalize(images[i : i + step], self.stats).to(self.device) for i in range(0, len(images), step))
+        parts = (data.normalize(images[i : i + step], stats).to(self.device) for i in range(0, len(images), step))
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = torch.cat([self.model(part).float() for part in parts])
+            logits = torch.cat([model(part).float() for part in parts])
         return torch.log_softmax(logits, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -93,8 +103,8 @@ class Predictor:
 def score(
     units: list[dict[str, Any]],
     local: bool,
-    checkpoint: str,
-    state: dict[str, Any],
+    members: Sequence[str],
+    states: Sequence[dict[str, Any]],
     fn: type = Predictor,
     use_gpu: bool = False,
     actors: int = 2,
@@ -103,7 +113,8 @@ def score(
     pool: str | None = None,
 ) -> Any:
     """The images of ``units`` (:func:`mnist_ray.inference.pipeline.dataset`; ``local``: files on the driver's disk)
-    mapped through ``fn``, ``actors`` replicas at once.
+    mapped through ``fn``, ``actors`` replicas at once, of the model in the checkpoint ``members`` (one, or an
+    ensemble's), loaded as ``states``.
 
     ``fn`` is :class:`Predictor` or a subclass (the prediction job's). ``pool`` is ``"tasks"`` on CPUs and
     ``"actors"`` (a pool of ``actors`` replicas) with ``use_gpu``: Ray runs a GPU function's process for one call
@@ -119,8 +130,8 @@ def score(
         raise ResourceError("--use-gpu: this Ray cluster has no GPU; drop --use-gpu")
     ray.data.DataContext.get_current().enable_progress_bars = progress
     loggers.show_ray_data_progress(progress)
-    local_only = not storage.is_uri(checkpoint) and connection.alive_nodes() > 1
-    source = {"ref": [ray.put(state)]} if local_only else {"path": checkpoint}
+    local_only = not all(storage.is_uri(m) for m in members) and connection.alive_nodes() > 1
+    source = {"refs": [ray.put(s) for s in states]} if local_only else {"paths": list(members)}
     pool = pool or ("actors" if use_gpu else "tasks")
     if pool not in ("tasks", "actors"):
         raise ValueError(f"pool must be 'tasks' or 'actors', not {pool!r}")

@@ -5,6 +5,8 @@ summary.md), complete or absent, to a folder or an s3:// URI; rebuilds <reports>
 exits 3 when --min-accuracy is not met (2 for bad input), so a scheduler can alert on each.
 Several --run (or --checkpoint) flags compare models: each gets its own report <run-id>-<run name>,
 and <reports>/compare-<run-id>/ puts them side by side (metrics, confusion matrices, disagreements).
+With --ensemble they are also one model, the mean of their probabilities, reported as <run-id>-ensemble and
+compared with its members; --ensemble-top N with one sweep's --run takes its N best trials by validation accuracy.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from mnist_ray.settings.config import RayOptions, Tracking
 from mnist_ray.settings.rules import Interval, validate_fields
 
 emit = functools.partial(print, flush=True)
+ENSEMBLE = "ensemble"
+"""The ensemble's own report is ``<run-id>-ensemble``, beside its members' ``<run-id>-<run name>``."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,11 @@ class EvalOptions(CheckpointSource, ScoringOptions):
     """Which checkpoints to score (several: a comparison), how, and where their reports go."""
 
     MANY: ClassVar[bool] = True
-    RANGES: ClassVar[dict[str, Interval]] = {**ScoringOptions.RANGES, "min_accuracy": (0, 1, "[]")}
+    RANGES: ClassVar[dict[str, Interval]] = {
+        **CheckpointSource.RANGES,
+        **ScoringOptions.RANGES,
+        "min_accuracy": (0, 1, "[]"),
+    }
 
     reports: str = folders.DEFAULT_REPORTS
     """Reports folder or URI: <reports>/<run-id>/."""
@@ -67,10 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     base = opts.run_id or folders.new_id()
     sources = opts.resolve()
     run_ids = comparison.run_ids(sources, base) if len(sources) > 1 else [base]
+    if opts.is_ensemble:  # the ensemble is one more model, beside its members
+        run_ids.append(f"{base}-{ENSEMBLE}")
     targets = [report.check_new(opts.reports, run_id, opts.overwrite) for run_id in run_ids]
     joint = report.check_new(opts.reports, folders.COMPARISON_PREFIX + base, opts.overwrite) if run_ids[1:] else None
     outputs = [*targets, *([joint] if joint else [])]
     prepared = evaluation.prepare_all(sources, opts.dataset, opts.data_dir)  # missing, unsafe, wrong: stop here
+    if opts.is_ensemble:
+        prepared.append(evaluation.ensemble(prepared))
     capacity.check_writable(opts.reports, "--reports")  # the first write, after every check that needs no Ray
     published: list[str] = []
     with (
@@ -86,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         for prep, target in zip(prepared, targets, strict=True):
             results.append(_evaluate(prep, target, opts, ray_opts))
             published.append(target)
-        for (_, m), target in zip(results, targets, strict=True):  # into each scored run's MLflow run, if tracked
-            tracking.log_evaluation(mlflow_uri, target, m)
+        for prep, (_, m), target in zip(prepared, results, targets, strict=True):  # into each run's MLflow run
+            if len(prep.members) == 1:  # an ensemble belongs to no one run
+                tracking.log_evaluation(mlflow_uri, target, m)
         if joint:
             _compare(results, joint, opts.overwrite)
             published.append(joint)

@@ -16,11 +16,10 @@ from pathlib import Path
 
 from mnist_ray.cluster import stop
 from mnist_ray.files import capacity, folders, lease, publishing, storage
-from mnist_ray.inference import export
+from mnist_ray.inference import export, sources
 from mnist_ray.inference.sources import CheckpointSource
 from mnist_ray.settings import cli
 from mnist_ray.settings.rules import validate_fields
-from mnist_ray.training import checkpoints
 
 emit = functools.partial(print, flush=True)
 
@@ -52,23 +51,25 @@ def main(argv: list[str] | None = None) -> int:
         export.check_onnx_available()
     output = opts.output or storage.join(folders.DEFAULT_EXPORTS, folders.new_id())
     target = publishing.check_new_folder(output, opts.overwrite)
-    checkpoint = opts.resolve()[0]
-    state = checkpoints.load(checkpoint)
-    checkpoints.build_model(state)  # weights that do not fit the architecture fail here, before any write
+    members = opts.resolve()  # one checkpoint, or an ensemble's
+    states = sources.load(members)  # missing, unsafe, mismatched: bad input, before any write
     capacity.check_writable(storage.parent(target), "--output")  # the first write, after every other check
     with lease.holding([target], [f"export output {target}"]), stop.next_step(_NOTHING_PUBLISHED):
-        return _export(opts, formats, target, checkpoint, state)
+        return _export(opts, formats, target, members, states)
 
 
 _NOTHING_PUBLISHED = "nothing was published (an export folder is published whole or not at all); rerun the command"
 
 
-def _export(opts: ExportOptions, formats: tuple[str, ...], target: str, checkpoint: str, state: dict) -> int:
-    """Once the output's lease is held: export, check each file against the checkpoint, publish the folder."""
-    emit(f"exporting {checkpoint} ({state['model']}, {state['dataset']}, epoch {state['epoch']})")
+def _export(opts: ExportOptions, formats: tuple[str, ...], target: str, members: list[str], states) -> int:
+    """Once the output's lease is held: export, check each file against the checkpoint(s), publish the folder."""
+    for checkpoint, state in zip(members, states, strict=True):
+        emit(f"exporting {checkpoint} ({state['model']}, {state['dataset']}, epoch {state['epoch']})")
+    if len(members) > 1:
+        emit(f"as one ensemble of {len(members)} models: the mean of their probabilities")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnist_ray-export-") as tmp:
-        meta = export.export(state, checkpoint, formats, Path(tmp))
+        meta = export.export(states, members, formats, Path(tmp))
         publishing.publish_dir(Path(tmp), target, opts.overwrite)
     for fmt, name in meta["files"].items():
         diff = meta["checked"]["max_abs_log_probability_difference"][fmt]

@@ -12,17 +12,17 @@ from __future__ import annotations
 import functools
 import resource
 from dataclasses import dataclass
+from typing import ClassVar
 
 from mnist_ray.cluster import connection, layout, stop
 from mnist_ray.errors import ConfigError
 from mnist_ray.files import capacity, folders, lease, publishing, storage
-from mnist_ray.inference import decoding, pipeline, predict
+from mnist_ray.inference import decoding, pipeline, predict, sources
 from mnist_ray.inference.scoring import ScoringOptions
 from mnist_ray.inference.sources import CheckpointSource
 from mnist_ray.settings import cli
 from mnist_ray.settings.config import RayOptions
-from mnist_ray.settings.rules import validate_fields
-from mnist_ray.training import checkpoints
+from mnist_ray.settings.rules import Interval, validate_fields
 
 emit = functools.partial(print, flush=True)
 
@@ -30,6 +30,8 @@ emit = functools.partial(print, flush=True)
 @dataclass(frozen=True)
 class PredictOptions(CheckpointSource, ScoringOptions):
     """What to score, with which checkpoint, and where the predictions go."""
+
+    RANGES: ClassVar[dict[str, Interval]] = {**CheckpointSource.RANGES, **ScoringOptions.RANGES}
 
     input: str | None = None
     """Images to score (path or URI): a folder (searched recursively), an image, a Parquet or an IDX file."""
@@ -63,19 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before reading anything
     output = opts.output or storage.join(folders.DEFAULT_PREDICTIONS, folders.new_id())
     target = publishing.check_new_folder(output, opts.overwrite)
-    checkpoint = opts.resolve()[0]
-    state = checkpoints.load(checkpoint, dataset=opts.dataset)
-    checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a Ray task
+    members = opts.resolve()  # one checkpoint, or an ensemble's
+    states = sources.load(members, opts.dataset)  # missing, unsafe, mismatched: bad input, before Ray
     files = decoding.discover(opts.input)  # names only: a missing or empty input is bad input, before Ray
     capacity.check_writable(storage.parent(target), "--output")  # the first write, after every check that needs no Ray
     with lease.holding([target], [f"prediction output {target}"]), stop.next_step(_NOTHING_PUBLISHED):
-        return _predict(opts, ray_opts, target, checkpoint, state, files)
+        return _predict(opts, ray_opts, target, members, states, files)
 
 
 _NOTHING_PUBLISHED = f"nothing was published ({folders.PREDICTIONS} is written whole or not at all); rerun the command"
 
 
-def _predict(opts: PredictOptions, ray_opts: RayOptions, target: str, checkpoint: str, state, files) -> int:
+def _predict(opts: PredictOptions, ray_opts: RayOptions, target: str, members: list[str], states, files) -> int:
     """Once the output's lease is held: Ray, then reading, scoring and writing on Ray Data, then publishing."""
     connection.connect(ray_opts.num_cpus, verbose=ray_opts.verbose, dashboard=ray_opts.dashboard)
     if not storage.is_uri(target):
@@ -83,13 +84,13 @@ def _predict(opts: PredictOptions, ray_opts: RayOptions, target: str, checkpoint
     use_gpu, actors, chosen = layout.inference(opts.use_gpu, opts.actors)
     if chosen:
         emit(chosen)
-    emit(f"predicting {len(files)} file(s) from {storage.normalize(opts.input)} with {checkpoint}")
+    emit(f"predicting {len(files)} file(s) from {storage.normalize(opts.input)} with {' + '.join(members)}")
     staging = pipeline.staging_for(target)
     try:
         counts = predict.predict(
             files,
-            checkpoint,
-            state,
+            members,
+            states,
             staging,
             opts.invert,
             opts.column,

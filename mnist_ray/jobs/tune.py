@@ -2,7 +2,8 @@
 
 Writes <output>/<name>/{trials.parquet, tune.png, best.json, best_checkpoint/model.pt} to a folder
 or an s3:// URI; best.json is accepted by `jobs/train.py --config`. An interrupted sweep continues
-with --resume.
+with --resume. --seeds N trains one recipe N times instead, every trial to the end: the members of an ensemble
+(`jobs/evaluate.py --run <sweep> --ensemble-top K` scores the K best by validation accuracy).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mnist_ray.training import search, sweep
 
 emit = functools.partial(print, flush=True)
 JOB_DEFAULTS = {"epochs": search.SWEEP_EPOCHS}
-"""The sweep's own defaults, below a preset, --config and flags."""
+"""The sweep's own defaults, below a preset, --config and flags (with --seeds, the train job's instead)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     run, ray_opts = cli.build(RunOptions, args), cli.build(RayOptions, args)
     space, options = cli.build(search.SearchSpace, args), cli.build(search.SweepOptions, args)
-    base, request = cli.config_from_args(args, JOB_DEFAULTS)
+    base, request = cli.config_from_args(args, {} if space.seeds else JOB_DEFAULTS)  # seeds: the train job's
     request = layout.for_autoscaling(request, run.wait_for_resources)
     workers = args.num_workers if isinstance(args.num_workers, int) else None  # None: the sweep's per-trial rule
     connection.check_address()  # a dead RAY_ADDRESS or stale address file: stop before writing anything

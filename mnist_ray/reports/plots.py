@@ -193,13 +193,19 @@ def plot_history(history: pd.DataFrame, path: str | Path) -> Path:
 
 
 def plot_tune(trials: pd.DataFrame, curves: dict[str, pd.DataFrame], path: str | Path) -> Path:
-    """Draw best validation accuracy against learning rate per optimizer, and the best trials' curves."""
+    """Draw best validation accuracy against learning rate per optimizer (a sweep of seeds: against the seed), and
+    the best trials' curves."""
     fig, (ax_lr, ax_curves) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for optimizer, group in trials.groupby("optimizer", sort=True):
-        ax_lr.scatter(group["lr"], group["best_val_acc"], label=str(optimizer))
-    ax_lr.set_xscale("log")
-    ax_lr.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on narrow ranges
-    ax_lr.set(xlabel="learning rate", ylabel="best validation accuracy", title="trials")
+    if "seed" in trials:  # one recipe, several seeds: the spread an ensemble draws on
+        ax_lr.scatter(trials["seed"], trials["best_val_acc"])
+        ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_lr.set(xlabel="seed", ylabel="best validation accuracy", title="trials")
+    else:
+        for optimizer, group in trials.groupby("optimizer", sort=True):
+            ax_lr.scatter(group["lr"], group["best_val_acc"], label=str(optimizer))
+        ax_lr.set_xscale("log")
+        ax_lr.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on narrow ranges
+        ax_lr.set(xlabel="learning rate", ylabel="best validation accuracy", title="trials")
     for trial_id, curve in curves.items():
         ax_curves.plot(curve["epoch"], curve["val_acc"], "o-", label=str(trial_id))
     ax_curves.set(xlabel="epoch", ylabel="validation accuracy", title="best trials")

@@ -36,6 +36,7 @@ class SearchSpace:
         "lr_values": (0, math.inf, "()"),
         "batch_sizes": (1, TRAIN_IMAGES, "[]"),
         "weight_decay_range": (0, math.inf, "()"),
+        "seeds": (0, 1000, "[]"),
     }
 
     lr_min: float = 1e-4
@@ -52,9 +53,14 @@ class SearchSpace:
     """Global batch sizes to sample from (none: keep the base config's)."""
     weight_decay_range: tuple[float, float] | None = None
     """Log-uniform weight-decay range MIN MAX (none: keep the base config's)."""
+    seeds: int = 0
+    """Instead of searching: train the recipe (preset, --config, flags) with seeds 0..N-1, one trial each, every one
+    to the end (ASHA off; epochs default to the train job's): the members of an ensemble."""
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        if self.seeds and (self.lr_values or self.batch_sizes or self.weight_decay_range):
+            raise ConfigError("--seeds trains one recipe: drop --lr-values, --batch-sizes and --weight-decay-range")
         if self.lr_min > self.lr_max or (
             self.weight_decay_range and self.weight_decay_range[0] > self.weight_decay_range[1]
         ):
@@ -66,6 +72,8 @@ class SearchSpace:
     @functools.cached_property
     def param_space(self) -> dict[str, Any]:
         """The Tune search space over TrainConfig field names (built once)."""
+        if self.seeds:
+            return {"seed": tune.grid_search(list(range(self.seeds)))}
         lr = tune.grid_search(list(self.lr_values)) if self.lr_values else tune.loguniform(self.lr_min, self.lr_max)
         space: dict[str, Any] = {
             "lr": lr,
@@ -80,8 +88,8 @@ class SearchSpace:
 
     @property
     def trials(self) -> int:
-        """Grid points per sample (1 unless --lr-values)."""
-        return max(len(self.lr_values), 1)
+        """Grid points per sample (1 unless --lr-values or --seeds)."""
+        return self.seeds or max(len(self.lr_values), 1)
 
 
 @dataclass(frozen=True)

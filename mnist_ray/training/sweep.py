@@ -18,12 +18,13 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from mnist_ray.cluster import stop
 from mnist_ray.errors import ConfigError, ResourceError
 from mnist_ray.files import storage
 from mnist_ray.files.folders import RunFolder
+from mnist_ray.ray_workarounds import loggers
 from mnist_ray.ray_workarounds.placement_groups import PlacementGroupReaper, free_orphaned_placement_groups
 from mnist_ray.reports import sweep_report, tracking
 from mnist_ray.settings.config import RunOptions, TrainConfig
@@ -149,6 +150,11 @@ def _fmt(value: Any) -> str:
     return f"{value:.2e}" if isinstance(value, float) else str(value)
 
 
+def samples(space: search.SearchSpace, options: search.SweepOptions) -> int:
+    """Tune's samples of the space: --num-samples, or one of each seed (the seeds are a grid)."""
+    return 1 if space.seeds else options.num_samples
+
+
 def make_tuner(
     cfg: TrainConfig,
     space: search.SearchSpace,
@@ -174,11 +180,15 @@ def make_tuner(
             raise ConfigError(f"sweep {path} has no saved Tune state to resume: start a new sweep with another --name")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     fixed = {k: v for k, v in cfg.to_dict().items() if k not in space.param_space}
-    scheduler = ASHAScheduler(
-        time_attr="epoch",
-        max_t=cfg.epochs,
-        grace_period=min(sweep_opts.grace_period, cfg.epochs),
-        reduction_factor=sweep_opts.reduction_factor,
+    scheduler = (
+        FIFOScheduler()
+        if space.seeds
+        else ASHAScheduler(  # seeds: every member trained to the end
+            time_attr="epoch",
+            max_t=cfg.epochs,
+            grace_period=min(sweep_opts.grace_period, cfg.epochs),
+            reduction_factor=sweep_opts.reduction_factor,
+        )
     )
     return tune.Tuner(
         trainable,
@@ -186,7 +196,7 @@ def make_tuner(
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode="max",
-            num_samples=sweep_opts.num_samples,
+            num_samples=samples(space, sweep_opts),
             scheduler=scheduler,
             max_concurrent_trials=concurrency,
             reuse_actors=sweep_opts.reuse_actors,
@@ -213,13 +223,14 @@ def sweep(
     """
     trainer.check_storage(run)
     space, options = sp.space, sp.options
-    trials = options.num_samples * space.trials
+    trials = samples(space, options) * space.trials
     cfg, concurrency = fit_layout(
         sp.base, trials, sp.workers, options.max_concurrent, space.batch_sizes, run.wait_for_resources
     )
     emit(
         f"sweep {run.name}: {trials} trials, {concurrency} at a time, {cfg.num_workers} worker(s) x "
-        f"{cfg.cpus_per_worker} CPU each, {cfg.epochs} epochs, ASHA on {METRIC}"
+        f"{cfg.cpus_per_worker} CPU each, {cfg.epochs} epochs, "
+        + (f"seeds 0-{space.seeds - 1}, every trial to the end" if space.seeds else f"ASHA on {METRIC}")
     )
     start = time.perf_counter()
     tuner = make_tuner(cfg, space, options, run, concurrency, trainer.put_data(cfg, sp.arrays), callbacks)
@@ -244,7 +255,7 @@ def _interrupt_tune(signum: int) -> None:
     """
     handler = signal.getsignal(signal.SIGUSR1)
     if callable(handler):
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # its "Tuner.restore(...)" advice: --resume is ours
+        loggers.quiet_tune_restore_advice()
         handler(signum, None)
     else:
         raise stop.Stopped(signum)
