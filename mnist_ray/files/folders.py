@@ -168,11 +168,6 @@ def report_folder(reports: str, report_id: str) -> ReportFolder:
     return ReportFolder(_under(storage.normalize(reports), report_id))
 
 
-def comparison_folder(reports: str, report_id: str) -> ReportFolder:
-    """The comparison of the models evaluated under ``report_id``."""
-    return report_folder(reports, COMPARISON_PREFIX + report_id)
-
-
 PREDICTIONS = "predictions.parquet"
 """A prediction job's table (a folder of ordered Parquet parts) in its output folder."""
 

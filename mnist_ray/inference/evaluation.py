@@ -18,10 +18,9 @@ import pandas as pd
 
 from mnist_ray import data
 from mnist_ray.errors import ConfigError
-from mnist_ray.inference import pipeline, scoring
+from mnist_ray.inference import pipeline, scoring, sources
 from mnist_ray.ray_workarounds import output
 from mnist_ray.reports import report
-from mnist_ray.training import checkpoints
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,7 @@ def prepare(
     checkpoint: str, dataset: str | None = None, data_dir: str | None = None, test: data.TestFiles | None = None
 ) -> Prepared:
     """Load the checkpoint and verify the test files, failing here (not in a Ray task) on any problem with either."""
-    state = checkpoints.load(checkpoint, dataset=dataset)
-    checkpoints.build_model(state)  # weights that do not fit the architecture fail now, not in a task
+    state = sources.load([checkpoint], dataset)[0]  # missing, unsafe, not fitting its architecture: fail now
     return Prepared((checkpoint,), (state,), test if test is not None else data.test_files(state["dataset"], data_dir))
 
 
