@@ -18,7 +18,7 @@ import pytest
 
 from mnist_ray.cluster import connection
 from mnist_ray.errors import ResourceError
-from mnist_ray.ray_workarounds import address_file, placement_groups
+from mnist_ray.ray_workarounds import address_file, local_start, placement_groups
 from tests.conftest import REPO
 from tests.ray_head import free_ports
 
@@ -271,6 +271,16 @@ def test_two_local_starts_at_once_both_get_a_dashboard(tmp_path):
     ports = sorted(int(lines[-1]) for lines in got)
     assert port in ports and len(set(ports)) == 2  # one took the preferred port, the other another free one
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
+def test_free_ports_pass_over_rays_own_and_those_already_taken():
+    """CI once drew 52365, the dashboard agent's default, as a GCS port, and ray.init refused the start."""
+    with local_start.one_local_start_at_a_time(True):
+        gcs = local_start.free_port(None)
+        assert gcs not in local_start.ray_default_ports()
+        assert local_start.free_port(gcs) != gcs  # preferred, but this start's GCS port already holds it
+        with pytest.raises(OSError, match="outside Ray's own"):  # every offer is passed over, none returned
+            local_start.free_port(None, avoid=frozenset(range(1, 65536)))
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -85,6 +85,12 @@ def _loopback_node():
     assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool)
 
 
+def _local_start():
+    from mnist_ray.ray_workarounds.local_start import ray_default_ports
+
+    assert {6379, 8265, 52365} == ray_default_ports()  # Ray's defaults for its GCS, dashboard and dashboard agent
+
+
 def _own_address():
     from ray._private.services import get_node_ip_address
 
@@ -119,7 +125,16 @@ def _loggers():
 
 @pytest.mark.parametrize(
     "check",
-    [_address_file, _loopback_node, _own_address, _rendezvous, _output, _autoscaling_coordinator, _loggers],
+    [
+        _address_file,
+        _loopback_node,
+        _local_start,
+        _own_address,
+        _rendezvous,
+        _output,
+        _autoscaling_coordinator,
+        _loggers,
+    ],
     ids=lambda check: check.__name__.lstrip("_"),
 )
 def test_private_ray_names_still_exist(check):
