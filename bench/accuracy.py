@@ -18,6 +18,9 @@ RECIPES = {
     "ann": ["--model", "ann", "--epochs", "20", "--lr", "2e-3"],
     "cnn_fast": ["--preset", "fast"],
     "cnn_best": ["--preset", "best"],
+    # Two more seeds of the best recipe: its mean and spread, and with cnn_best the members of bench.ensemble best.
+    "cnn_best_seed1": ["--preset", "best", "--seed", "1"],
+    "cnn_best_seed2": ["--preset", "best", "--seed", "2"],
 }
 
 

@@ -1,10 +1,18 @@
-"""Ensembles from a sweep of seeds: `jobs/tune.py --seeds K` trains one recipe K times, each trial to the end, and
-`jobs/evaluate.py --ensemble-top k` scores the k best trials by validation accuracy as one model.
+"""Ensembles: several checkpoints of one recipe scored as one model by `jobs/evaluate.py`.
 
-Members are chosen on validation accuracy only. Every ensemble scored on the test set is recorded (k = 2..K), with
-each member's own test accuracy, so no choice made on the test set hides.
+Two ways to get the members, each a bench:
+
+- ``seeds``: `jobs/tune.py --seeds K` trains one recipe K times, each trial to the end, and
+  `jobs/evaluate.py --ensemble-top k` scores the k best trials by validation accuracy as one model. Every top-k
+  ensemble (k = 2..K) is recorded.
+- ``best``: the runs of ``--preset best`` that bench/accuracy.py trained, one per seed, all of them as one
+  ensemble (``--run`` repeated with ``--ensemble``): the members are fixed before any test figure is read.
+
+Every ensemble scored on the test set is recorded with each member's own test accuracy, so no choice made on the
+test set hides.
 
     python -m bench.ensemble [K] [recipe flags...]      # default: 5 seeds of the default recipe
+    python -m bench.ensemble best                       # after bench.accuracy's cnn_best* recipes
 """
 
 from __future__ import annotations
@@ -15,53 +23,76 @@ import sys
 
 import pandas as pd
 
-from bench import common
+from bench import accuracy, common
 
 
-def measure(seeds: int, flags: list[str]) -> dict:
+def score(command: list[str], run_id: str) -> tuple[dict, dict[str, dict]]:
+    """Evaluate one ensemble; its figures and each member's own test accuracy, by checkpoint."""
+    reports = common.WORK / "reports"
+    wall, _ = common.run([*command, "--reports", str(reports), "--run-id", run_id, "--overwrite"])
+    table = pd.read_parquet(reports / f"compare-{run_id}" / "comparison.parquet")
+    members = {
+        row.checkpoint: {"checkpoint": row.checkpoint, "test_accuracy": float(row.accuracy)}
+        for row in table.iloc[:-1].itertuples()  # the members' own reports
+    }
+    ensemble = table.iloc[-1]
+    figures = {
+        "kind": "ensemble",
+        "k": len(members),
+        "command": " ".join(["python", *command]),
+        "test_accuracy": float(ensemble["accuracy"]),
+        "test_loss": float(ensemble["loss"]),
+        "right_only_here": int(ensemble["right_only_here"]),
+        "wrong_only_here": int(ensemble["wrong_only_here"]),
+        "evaluate_wall_s": round(wall, 1),
+    }
+    return figures, members
+
+
+def _singles(members: dict[str, dict]) -> dict:
+    accuracies = [m["test_accuracy"] for m in members.values()]
+    return {
+        "members": list(members.values()),
+        "single_mean": statistics.mean(accuracies),
+        "single_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+    }
+
+
+def seeds(k_max: int, flags: list[str]) -> dict:
     """Sweep the seeds, then score every top-k ensemble; the members' and the ensembles' test figures."""
     out, name = common.WORK / "runs", "ensemble-seeds"
     shutil.rmtree(out / name, ignore_errors=True)
-    sweep = ["jobs/tune.py", "--seeds", str(seeds), *flags, "--output", str(out), "--name", name]
+    sweep = ["jobs/tune.py", "--seeds", str(k_max), *flags, "--output", str(out), "--name", name]
     sweep_wall, _ = common.run(sweep)
     trials = pd.read_parquet(out / name / "trials.parquet")
-    reports = common.WORK / "reports"
     ensembles, members = [], {}
-    for k in range(2, seeds + 1):
-        run_id = f"ensemble-top{k}"
+    for k in range(2, k_max + 1):
         command = ["jobs/evaluate.py", "--run", str(out / name), "--ensemble-top", str(k)]
-        wall, _ = common.run([*command, "--reports", str(reports), "--run-id", run_id, "--overwrite"])
-        table = pd.read_parquet(reports / f"compare-{run_id}" / "comparison.parquet")
-        for row in table.iloc[:-1].itertuples():  # the members' own reports
-            members[row.checkpoint] = {"checkpoint": row.checkpoint, "test_accuracy": float(row.accuracy)}
-        ensemble = table.iloc[-1]
-        ensembles.append(
-            {
-                "kind": "ensemble",
-                "k": k,
-                "command": " ".join(["python", *command]),
-                "test_accuracy": float(ensemble["accuracy"]),
-                "test_loss": float(ensemble["loss"]),
-                "right_only_here": int(ensemble["right_only_here"]),
-                "wrong_only_here": int(ensemble["wrong_only_here"]),
-                "evaluate_wall_s": round(wall, 1),
-            }
-        )
-    singles = [m["test_accuracy"] for m in members.values()]
+        figures, scored = score(command, f"ensemble-top{k}")
+        ensembles.append(figures)
+        members.update(scored)
     return {
         "command": " ".join(["python", *sweep]),
         "sweep_wall_s": round(sweep_wall, 1),
         "trials": trials[["trial_id", "seed", "best_val_acc", "epochs_completed"]].to_dict("records"),
-        "members": list(members.values()),
-        "single_mean": statistics.mean(singles),
-        "single_std": statistics.stdev(singles) if len(singles) > 1 else 0.0,
+        **_singles(members),
         "ensembles": ensembles,
     }
 
 
+def best() -> dict:
+    """Score bench/accuracy.py's ``--preset best`` runs, one per seed, as one ensemble."""
+    names = [name for name in accuracy.RECIPES if name.startswith("cnn_best")]
+    command = ["jobs/evaluate.py", *(a for name in names for a in ("--run", str(common.WORK / "runs" / name)))]
+    figures, members = score([*command, "--ensemble"], "ensemble-best")
+    return {"runs": names, **_singles(members), "ensembles": [figures]}
+
+
 def main(argv: list[str]) -> None:
-    seeds = int(argv[0]) if argv else 5
-    common.save("ensemble_default", measure(seeds, argv[1:]))
+    if argv[:1] == ["best"]:
+        common.save("ensemble_best", best())
+    else:
+        common.save("ensemble_default", seeds(int(argv[0]) if argv else 5, argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark (or those named: accuracy, accuracy:NAME,..., throughput, evaluation,
 sweep, denormals, overhead, cpu_profile, levers, sweep_levers, layout_levers, fit_timeline, throughput_levers,
 suite_idle, suite_idle_n2, eval_input, eval_pool, start_levers, ops_faults, asha_sweeps,
-predict_scale, ensemble), then render docs/benchmarks.md.
+predict_scale, ensemble, ensemble_best), then render docs/benchmarks.md.
 
 About 75 minutes on 2 cores; run nothing else meanwhile."""
 
@@ -55,6 +55,7 @@ BENCHES = {
     "asha_sweeps": asha_sweeps.main,  # 30 ASHA sweeps on one shared Ray: hangs counted
     "predict_scale": lambda: predict_scale.main([]),  # predict.py: 10k, 100k PNGs, 1M Parquet rows on S3; plain loop
     "ensemble": lambda: ensemble.main([]),  # 5 seeds of the default recipe, then every top-k ensemble of them
+    "ensemble_best": lambda: ensemble.main(["best"]),  # accuracy's 3 runs of --preset best as one ensemble
 }
 
 

@@ -9,7 +9,7 @@ from mnist_ray.errors import ConfigError
 from mnist_ray.training import models, optim
 
 
-@pytest.mark.parametrize("name", ["ann", "cnn"])
+@pytest.mark.parametrize("name", ["ann", "cnn", "cnn_wide"])
 def test_output_shape_and_gradients(name):
     model = models.build(name, seed=0)
     x = torch.randn(5, 1, 28, 28)
@@ -24,13 +24,21 @@ def test_cnn_has_batch_norm_and_pooling():
     assert torch.nn.BatchNorm2d in kinds and torch.nn.MaxPool2d in kinds and torch.nn.Conv2d in kinds
 
 
+def test_the_wide_cnn_is_the_cnn_at_twice_the_width():
+    """Same layers, so the same state-dict keys; the CNN itself is unchanged, so its checkpoints still load."""
+    cnn, wide = models.build("cnn").state_dict(), models.build("cnn_wide").state_dict()
+    assert list(cnn) == list(wide)
+    assert sum(p.numel() for p in models.build("cnn").parameters()) == 98_554
+    assert wide["0.weight"].shape == (32, 1, 3, 3) and wide["13.weight"].shape == (256, 128 * 3 * 3)
+
+
 def test_seeded_build_is_reproducible():
     a, b = models.build("cnn", seed=3), models.build("cnn", seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ConfigError, match="unknown model 'vit'; valid models: ann, cnn"):
+    with pytest.raises(ConfigError, match="unknown model 'vit'; valid models: ann, cnn, cnn_wide"):
         models.build("vit")
 
 
