@@ -13,6 +13,7 @@ import pandas as pd
 
 from bench import common
 
+WIDE = ["--model", "cnn_wide", "--epochs", "40", "--label-smoothing", "0.1"]
 RECIPES = {
     "cnn_default": [],
     "ann": ["--model", "ann", "--epochs", "20", "--lr", "2e-3"],
@@ -21,6 +22,11 @@ RECIPES = {
     # Two more seeds of the best recipe: its mean and spread, and with cnn_best the members of bench.ensemble best.
     "cnn_best_seed1": ["--preset", "best", "--seed", "1"],
     "cnn_best_seed2": ["--preset", "best", "--seed", "2"],
+    # The CNN at twice the width, longer and with label smoothing: a stronger single model tried for issue 26, and
+    # a second architecture for an ensemble.
+    "cnn_wide": WIDE,
+    "cnn_wide_seed1": [*WIDE, "--seed", "1"],
+    "cnn_wide_seed2": [*WIDE, "--seed", "2"],
 }
 
 
