@@ -16,7 +16,6 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -84,8 +83,7 @@ class ServingEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        each = torch.stack([torch.log_softmax(member(images), 1) for member in self.members])
-        return torch.logsumexp(each, 0) - math.log(len(self.members))
+        return scoring.log_mean_probability([torch.log_softmax(member(images), 1) for member in self.members])
 
 
 def serving_model(states: Sequence[dict[str, Any]]) -> nn.Module:

@@ -45,6 +45,17 @@ CPU_CHUNK = 256
 """Images per forward pass on a CPU: chunks of 256 keep the activations in cache, where batches of 1,000 do not."""
 
 
+def log_mean_probability(log_probs: Sequence[Any]) -> Any:
+    """An ensemble's log-probabilities: the log of the mean of its members' probabilities, from their
+    log-probabilities (tensors of one shape); one member's come back unchanged. The scorer and the exported ensemble
+    both use it."""
+    import torch
+
+    if len(log_probs) == 1:
+        return log_probs[0]
+    return torch.logsumexp(torch.stack(list(log_probs)), 0) - math.log(len(log_probs))
+
+
 class Predictor:
     """Holds the model (or an ensemble's members) and maps a batch of images to predictions: one per worker process
     and evaluation.
@@ -74,9 +85,7 @@ class Predictor:
         On a CPU the batch goes through each model in chunks of :data:`CPU_CHUNK` images; a GPU takes it whole.
         """
         each = [self._log_probs(model, stats, images) for model, stats in zip(self.models, self.stats, strict=True)]
-        if len(each) == 1:
-            return each[0]
-        return self.torch.logsumexp(self.torch.stack(each), 0) - math.log(len(each))
+        return log_mean_probability(each)
 
     def _log_probs(self, model: Any, stats: data.Normalization, images: np.ndarray) -> Any:
         torch = self.torch
