@@ -14,6 +14,7 @@ import pandas as pd
 from bench import common
 
 WIDE = ["--model", "cnn_wide", "--epochs", "40", "--label-smoothing", "0.1"]
+DEEP = ["--preset", "best", "--model", "cnn_deep"]
 RECIPES = {
     "cnn_default": [],
     "ann": ["--model", "ann", "--epochs", "20", "--lr", "2e-3"],
@@ -27,6 +28,10 @@ RECIPES = {
     "cnn_wide": WIDE,
     "cnn_wide_seed1": [*WIDE, "--seed", "1"],
     "cnn_wide_seed2": [*WIDE, "--seed", "2"],
+    # Two conv blocks before each pool (issue 26): --preset best with the deeper CNN.
+    "cnn_deep": DEEP,
+    "cnn_deep_seed1": [*DEEP, "--seed", "1"],
+    "cnn_deep_seed2": [*DEEP, "--seed", "2"],
 }
 
 

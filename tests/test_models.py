@@ -9,7 +9,7 @@ from mnist_ray.errors import ConfigError
 from mnist_ray.training import models, optim
 
 
-@pytest.mark.parametrize("name", ["ann", "cnn", "cnn_wide"])
+@pytest.mark.parametrize("name", ["ann", "cnn", "cnn_wide", "cnn_deep"])
 def test_output_shape_and_gradients(name):
     model = models.build(name, seed=0)
     x = torch.randn(5, 1, 28, 28)
@@ -38,7 +38,7 @@ def test_seeded_build_is_reproducible():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ConfigError, match="unknown model 'vit'; valid models: ann, cnn, cnn_wide"):
+    with pytest.raises(ConfigError, match="unknown model 'vit'; valid models: ann, cnn, cnn_wide, cnn_deep"):
         models.build("vit")
 
 

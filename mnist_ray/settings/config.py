@@ -34,6 +34,8 @@ class TrainConfig:
         "val_size": (1, TRAIN_IMAGES, "[)"),
         "train_limit": (0, TRAIN_IMAGES, "[]"),
         "label_smoothing": (0, 1, "[)"),
+        "elastic": (0, 8, "[]"),
+        "ema": (0, 1, "[)"),
         "dropout": (0, 1, "[)"),
         "num_workers": (1, 4096, "[]"),
         "cpus_per_worker": (1, 1024, "[]"),
@@ -42,7 +44,8 @@ class TrainConfig:
     }
 
     model: str = "cnn"
-    """Architecture from the model registry: cnn (conv + batch norm + pooling) or ann (784-512-256-10)."""
+    """Architecture from the model registry: cnn (conv + batch norm + pooling), cnn_wide (twice the channels),
+    cnn_deep (two convs per stage) or ann (784-512-256-10)."""
     dataset: str = "mnist"
     """Dataset: mnist (ships with the package) or fashion-mnist."""
     optimizer: str = "adamw"
@@ -65,6 +68,12 @@ class TrainConfig:
     """Use only the first N shuffled training images (0 = all); for smoke runs and tests."""
     augment: bool = True
     """Random affine augmentation (±10° rotation, ±10% scale, ±2 px shift) on the training split only."""
+    elastic: float = 0.0
+    """Elastic distortion with augment: a smooth random displacement of up to this many pixels per point
+    (0 = off; the affine part alone)."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights and batch-norm statistics, updated every step
+    (e.g. 0.999); the average is what is validated and checkpointed (0 = off: the trained weights themselves)."""
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing in [0, 1)."""
     dropout: float = 0.25
@@ -108,6 +117,8 @@ class TrainConfig:
                 f"batch_size {self.batch_size} does not split evenly over {self.num_workers} workers: "
                 "use a multiple of --num-workers"
             )
+        if self.elastic and not self.augment:
+            raise ConfigError("elastic distortion is part of augmentation: pass --augment yes, or drop --elastic")
         if self.ddp_backend == "nccl" and self.use_gpu and self.gpus_per_worker < 1 and self.num_workers > 1:
             raise ConfigError("nccl needs one GPU per worker: use --ddp-backend gloo with --gpus-per-worker < 1")
 

@@ -33,9 +33,10 @@ both datasets (the loop used them for Fashion-MNIST too), so that is what they a
 
 
 def estimate_bytes(cfg: TrainConfig) -> int:
-    """About how large one checkpoint of ``cfg``'s model is: weights plus the optimizer's two state tensors each."""
+    """About how large one checkpoint of ``cfg``'s model is: weights plus the optimizer's two state tensors each,
+    and the trained weights beside their moving average with ``cfg.ema``."""
     net = models.build(cfg.model, cfg.dropout, seed=cfg.seed)
-    return 3 * sum(p.numel() * p.element_size() for p in net.parameters()) + 64_000
+    return (4 if cfg.ema else 3) * sum(p.numel() * p.element_size() for p in net.parameters()) + 64_000
 
 
 def last_epoch(run: RunFolder) -> int:
@@ -61,9 +62,12 @@ def save(
     epoch: int,
     history: list[dict[str, Any]],
     normalization: data.Normalization | None = None,
+    trained: nn.Module | None = None,
 ) -> Path:
     """Write ``model.pt`` into ``directory`` (temp name, then rename) and return its path.
 
+    ``model`` is what evaluation, prediction and export load. ``trained``: the weights the optimizer trains when
+    they are not ``model`` (``model`` is their moving average), kept so that a resumed run continues them.
     ``normalization``: the statistics the model was trained with (default: its dataset's own).
     """
     path = Path(directory) / CHECKPOINT_FILE
@@ -79,6 +83,8 @@ def save(
         "state_dict": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
     }
+    if trained is not None:
+        state["trained_state_dict"] = _unwrap(trained).state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -141,6 +147,12 @@ def _check_layout(state: Any, name: str) -> None:
     numbers = isinstance(stats, dict) and all(isinstance(stats.get(k), float) for k in ("mean", "std"))
     if not numbers or not (math.isfinite(stats["mean"]) and math.isfinite(stats["std"]) and stats["std"] > 0):
         raise CheckpointError(f"{name} is a damaged mnist_ray checkpoint (normalization {stats!r})")
+
+
+def resume_weights(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The weights a resumed run continues training, and their moving average if the run keeps one (else None)."""
+    trained = state.get("trained_state_dict")
+    return (state["state_dict"], None) if trained is None else (trained, state["state_dict"])
 
 
 def normalization(state: dict[str, Any]) -> data.Normalization:

@@ -30,16 +30,21 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-def _vgg(width: int, head: int, dropout: float) -> nn.Module:
-    """Three conv + batch norm stages of ``width``, 2x and 4x channels, each max-pooled (28 -> 14 -> 7 -> 3), then a
-    ``head``-unit hidden layer."""
+def _stage(c_in: int, c_out: int, convs: int) -> list[nn.Module]:
+    """``convs`` conv + batch norm blocks from ``c_in`` to ``c_out`` channels, then a 2x2 max pool."""
+    layers = _conv_block(c_in, c_out)
+    for _ in range(convs - 1):
+        layers += _conv_block(c_out, c_out)
+    return [*layers, nn.MaxPool2d(2)]
+
+
+def _vgg(width: int, head: int, dropout: float, convs: int = 1) -> nn.Module:
+    """Three stages of ``convs`` conv + batch norm blocks each, of ``width``, 2x and 4x channels, each max-pooled
+    (28 -> 14 -> 7 -> 3), then a ``head``-unit hidden layer."""
     return nn.Sequential(
-        *_conv_block(1, width),
-        nn.MaxPool2d(2),
-        *_conv_block(width, 2 * width),
-        nn.MaxPool2d(2),
-        *_conv_block(2 * width, 4 * width),
-        nn.MaxPool2d(2),
+        *_stage(1, width, convs),
+        *_stage(width, 2 * width, convs),
+        *_stage(2 * width, 4 * width, convs),
         nn.Flatten(),
         nn.Linear(4 * width * 3 * 3, head),
         nn.ReLU(inplace=True),
@@ -63,7 +68,13 @@ def cnn_wide(dropout: float = 0.25) -> nn.Module:
     return _vgg(32, 256, dropout)
 
 
-REGISTRY: dict[str, Callable[..., nn.Module]] = {"ann": ann, "cnn": cnn, "cnn_wide": cnn_wide}
+def cnn_deep(dropout: float = 0.25) -> nn.Module:
+    """The CNN with two conv + batch norm blocks before each pool (16, 32 and 64 channels), as in the published
+    99.7% single CNNs: a larger receptive field per stage for 1.5x the parameters of ``cnn``."""
+    return _vgg(16, 128, dropout, convs=2)
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {"ann": ann, "cnn": cnn, "cnn_wide": cnn_wide, "cnn_deep": cnn_deep}
 
 
 def build(name: str, dropout: float = 0.25, seed: int | None = None) -> nn.Module:

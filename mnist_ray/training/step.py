@@ -11,6 +11,7 @@ synchronises).
 
 from __future__ import annotations
 
+import copy
 import math
 import resource
 import time
@@ -67,7 +68,7 @@ class WorkerState:
     """What one worker's epochs need, built once (:meth:`create`) and passed with the epoch number to each."""
 
     model: nn.Module
-    """The model that is evaluated and checkpointed (under Ray Train, as ``prepare_model`` wrapped it)."""
+    """The model the optimizer trains (under Ray Train, as ``prepare_model`` wrapped it)."""
     forward: nn.Module
     """What the training step calls: ``model``, or on CUDA its torch.compile'd form (``speed.compile``)."""
     optimizer: torch.optim.Optimizer
@@ -79,6 +80,13 @@ class WorkerState:
     rank: int = 0
     world: int = 1
     speed: SpeedOptions = SpeedOptions()
+    average: nn.Module | None = None
+    """The exponential moving average of ``model`` (``cfg.ema``), a plain module; None without one."""
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """What is validated and checkpointed: the moving average when there is one, else the trained model."""
+        return self.average if self.average is not None else self.model
 
     @property
     def device(self) -> torch.device:
@@ -98,13 +106,20 @@ class WorkerState:
         speed: SpeedOptions | None = None,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
         optimizer_state: dict | None = None,
+        average_state: dict | None = None,
     ) -> WorkerState:
         """Place ``model`` on the shards' device, ``wrap`` it (Ray Train's ``prepare_model``), build its optimizer.
 
-        The optimizer is fused on CUDA when ``speed`` says so, and resumes from ``optimizer_state`` if given.
+        The optimizer is fused on CUDA when ``speed`` says so, and resumes from ``optimizer_state`` if given. With
+        ``cfg.ema``, the moving average starts as a copy of ``model``, or resumes from ``average_state``.
         """
         speed, device = speed or SpeedOptions(), train[0].device
         model = place_model(model, device, speed)
+        average = None
+        if cfg.ema:
+            average = copy.deepcopy(model).requires_grad_(False).eval()
+            if average_state is not None:
+                average.load_state_dict(average_state)
         if wrap is not None:
             model = wrap(model)
         optimizer = optim.build_optimizer(model, cfg, fused=device.type == "cuda" and speed.fused_optimizer)
@@ -112,7 +127,7 @@ class WorkerState:
             optimizer.load_state_dict(optimizer_state)
         # The plain model stays the one evaluated and checkpointed (no ``_orig_mod.`` keys).
         forward = torch.compile(model, mode=speed.compile) if device.type == "cuda" and speed.compile else model
-        return cls(model, forward, optimizer, train, val, cfg, rank, world, speed)
+        return cls(model, forward, optimizer, train, val, cfg, rank, world, speed, average)
 
 
 def autocast(x: torch.Tensor, bf16: bool = True) -> torch.autocast:
@@ -131,9 +146,19 @@ def epoch_generator(state: WorkerState, epoch: int) -> torch.Generator:
     return torch.Generator(device=state.device if on_gpu else "cpu").manual_seed(seed)
 
 
-def random_affine(x: torch.Tensor, gen: torch.Generator, stats: data.Normalization | None = None) -> torch.Tensor:
+ELASTIC_KNOTS = 7
+"""Knots per side of the random displacement grid of elastic distortion: one every 4 px of a 28 px image, so
+neighbouring pixels move together and strokes bend rather than break."""
+
+
+def random_affine(
+    x: torch.Tensor, gen: torch.Generator, stats: data.Normalization | None = None, elastic: float = 0.0
+) -> torch.Tensor:
     """Batched random rotation (±10°), scale (0.9–1.1) and shift (±2 px) of images normalised with ``stats``.
 
+    With ``elastic`` > 0, each image is also bent by a smooth random displacement field: up to ``elastic`` pixels
+    at each of a grid of knots, interpolated bicubically between them (Simard et al. 2003, with a coarse grid
+    instead of a Gaussian-smoothed one: the same smooth field for a fraction of the arithmetic).
     The random numbers come from ``gen`` on its own device (the CPU, or the GPU the images are on).
     """
     n, where = x.shape[0], gen.device
@@ -143,8 +168,25 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, stats: data.Normalizati
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    if elastic > 0:
+        knots = (torch.rand(n, 2, ELASTIC_KNOTS, ELASTIC_KNOTS, generator=gen, device=where) * 2 - 1) * elastic
+        field = F.interpolate(knots.to(x.device), size=x.shape[-2:], mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1) * (2 / x.shape[-1])  # pixels to grid units
     background = (stats or data.DATASET_INFO["mnist"].normalization).background  # a black pixel, normalised
     return F.grid_sample(x - background, grid, align_corners=False) + background
+
+
+@torch.no_grad()
+def update_average(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """Move ``average``'s weights and batch-norm statistics a ``1 - decay`` step toward ``model``'s (DDP-wrapped or
+    not); integer buffers (batch norm's step counts) are copied. Every worker holds the same weights, so the same
+    average."""
+    plain = model.module if hasattr(model, "module") else model
+    for mine, theirs in zip(average.state_dict().values(), plain.state_dict().values(), strict=True):
+        if mine.is_floating_point():
+            mine.lerp_(theirs, 1 - decay)
+        else:
+            mine.copy_(theirs)
 
 
 def _all_sum(values: list, device: torch.device) -> list[float]:
@@ -171,7 +213,7 @@ def train_steps(state: WorkerState, epoch: int, gen: torch.Generator) -> tuple[t
         idx = perm[i * batch : (i + 1) * batch]
         xb, yb = x[idx], y[idx]
         if cfg.augment:
-            xb = random_affine(xb, gen, data.DATASET_INFO[cfg.dataset].normalization)
+            xb = random_affine(xb, gen, data.DATASET_INFO[cfg.dataset].normalization, cfg.elastic)
         # The schedule is a pure function of the step: it sets the lr, whatever the optimizer was built with.
         lr = optim.lr_at(epoch * steps + i, cfg.epochs * steps, cfg.lr, cfg.schedule)
         for group in optimizer.param_groups:
@@ -182,6 +224,8 @@ def train_steps(state: WorkerState, epoch: int, gen: torch.Generator) -> tuple[t
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if state.average is not None:
+            update_average(state.average, state.model, cfg.ema)
         loss_sum = loss_sum + loss.detach() * len(yb)
         correct = correct + (logits.argmax(1) == yb).sum()
     return loss_sum, correct, lr
@@ -196,8 +240,9 @@ def train_epoch(state: WorkerState, epoch: int) -> tuple[float, float, float]:
 
 @torch.no_grad()
 def evaluate(state: WorkerState) -> tuple[float, float]:
-    """Global mean cross-entropy and accuracy over every worker's validation shard."""
-    (x, y), model = state.val, state.model
+    """Global mean cross-entropy and accuracy of the evaluated model (:attr:`WorkerState.evaluated`) over every
+    worker's validation shard."""
+    (x, y), model = state.val, state.evaluated
     model.eval()
     loss_sum = correct = torch.zeros((), dtype=torch.float64, device=x.device)  # float64: as exact as Python floats
     for i in range(0, len(x), EVAL_BATCH):

@@ -76,15 +76,19 @@ def profiled(name: str, active: bool):
     (Path(folder) / f"{name}.txt").write_text("\n".join(tables))
 
 
-def _restore(model: nn.Module) -> tuple[int, list[dict[str, Any]], dict | None]:
-    """Load the latest checkpoint Ray Train hands us (after a restart or a resumed run), if any."""
+def _restore(model: nn.Module) -> tuple[int, list[dict[str, Any]], dict | None, dict | None]:
+    """Load the latest checkpoint Ray Train hands us (after a restart or a resumed run), if any, into ``model``.
+
+    Returns its epoch, history, optimizer state and, in a run with a moving average, the average's weights.
+    """
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0, [], None
+        return 0, [], None, None
     with checkpoint.as_directory() as folder:
         state = checkpoints.load(folder)
-    model.load_state_dict(state["state_dict"])
-    return state["epoch"], state["history"], state["optimizer"]
+    trained, average = checkpoints.resume_weights(state)
+    model.load_state_dict(trained)
+    return state["epoch"], state["history"], state["optimizer"], average
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -100,7 +104,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val = shard(*ray.get(list(loop_config["val"])), rank, world, device, equal=False, stats=stats)
 
     model = models.build(cfg.model, cfg.dropout, seed=cfg.seed)
-    start_epoch, history, optimizer_state = _restore(model)
+    start_epoch, history, optimizer_state, average_state = _restore(model)
     state = WorkerState.create(
         model,
         train,
@@ -111,6 +115,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         speed=speed,
         wrap=ray.train.torch.prepare_model,
         optimizer_state=optimizer_state,
+        average_state=average_state,
     )
     mlflow = tracking.worker_logger(loop_config.get("mlflow"), rank)  # rank 0 of a tracked run: MLflow, else None
 
@@ -123,7 +128,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if rank == 0:
                 checkpoints.save(  # with the dataset's normalisation, the one used here
                     folder,
-                    model=state.model,
+                    model=state.evaluated,
+                    trained=state.model if state.average is not None else None,
                     optimizer=state.optimizer,
                     config=cfg.to_dict(),
                     epoch=epoch + 1,
