@@ -15,6 +15,7 @@ from bench import common
 
 WIDE = ["--model", "cnn_wide", "--epochs", "40", "--label-smoothing", "0.1"]
 DEEP = ["--preset", "best", "--model", "cnn_deep"]
+DEEP_EMA_ELASTIC = [*DEEP, "--ema", "0.999", "--elastic", "1.5"]
 RECIPES = {
     "cnn_default": [],
     "ann": ["--model", "ann", "--epochs", "20", "--lr", "2e-3"],
@@ -32,6 +33,12 @@ RECIPES = {
     "cnn_deep": DEEP,
     "cnn_deep_seed1": [*DEEP, "--seed", "1"],
     "cnn_deep_seed2": [*DEEP, "--seed", "2"],
+    # The deeper CNN with a moving average of its weights, alone and with elastic distortion on top of the affine
+    # augmentation.
+    "cnn_deep_ema": [*DEEP, "--ema", "0.999"],
+    "cnn_deep_ema_elastic": DEEP_EMA_ELASTIC,
+    "cnn_deep_ema_elastic_seed1": [*DEEP_EMA_ELASTIC, "--seed", "1"],
+    "cnn_deep_ema_elastic_seed2": [*DEEP_EMA_ELASTIC, "--seed", "2"],
 }
 
 

@@ -5,15 +5,16 @@ Two ways to get the members, each a bench:
 - ``seeds``: `jobs/tune.py --seeds K` trains one recipe K times, each trial to the end, and
   `jobs/evaluate.py --ensemble-top k` scores the k best trials by validation accuracy as one model. Every top-k
   ensemble (k = 2..K) is recorded.
-- ``best``: the runs bench/accuracy.py trained, three seeds of ``--preset best`` and three of the wide CNN: each
-  recipe's seeds as one ensemble (``--run`` repeated with ``--ensemble``), then the best five of all six by
-  validation accuracy. The members are fixed before any test figure is read.
+- ``best``: the runs bench/accuracy.py trained, three seeds each of ``--preset best``, the wide CNN, the deep CNN
+  and the deep CNN with a moving average and elastic distortion (those that have run): each recipe's seeds as one
+  ensemble (``--run`` repeated with ``--ensemble``), then the best five of all of them by validation accuracy.
+  The members are fixed before any test figure is read.
 
 Every ensemble scored on the test set is recorded with each member's own test accuracy, so no choice made on the
 test set hides.
 
     python -m bench.ensemble [K] [recipe flags...]      # default: 5 seeds of the default recipe
-    python -m bench.ensemble best                       # after bench.accuracy's cnn_best*, cnn_wide* recipes
+    python -m bench.ensemble best                       # after bench.accuracy's cnn_best*, cnn_wide*, cnn_deep*
 """
 
 from __future__ import annotations
@@ -81,8 +82,13 @@ def seeds(k_max: int, flags: list[str]) -> dict:
     }
 
 
-GROUPS = {"best": "cnn_best", "wide": "cnn_wide"}
-"""Ensembles of bench/accuracy.py's runs: every seed of one recipe (by its name's prefix)."""
+GROUPS = {
+    "best": "cnn_best",
+    "wide": "cnn_wide",
+    "deep": "cnn_deep",
+    "deep, ema, elastic": "cnn_deep_ema_elastic",
+}
+"""Ensembles of bench/accuracy.py's runs: every seed of one recipe (its name, then ``_seed1``, ``_seed2``...)."""
 MAX_MEMBERS = 5
 
 
@@ -94,7 +100,7 @@ def best() -> dict:
     """Score bench/accuracy.py's seeds of each recipe in :data:`GROUPS` as one ensemble, then the best
     :data:`MAX_MEMBERS` of all of them by validation accuracy."""
     trained = [name for name in accuracy.RECIPES if (common.WORK / "runs" / name / "history.parquet").is_file()]
-    groups = {g: [n for n in trained if n.startswith(prefix)] for g, prefix in GROUPS.items()}
+    groups = {g: [n for n in trained if n == name or n.startswith(f"{name}_seed")] for g, name in GROUPS.items()}
     groups = {g: names for g, names in groups.items() if len(names) > 1}
     pooled = [n for names in groups.values() for n in names]
     if len(pooled) > MAX_MEMBERS:
@@ -102,7 +108,7 @@ def best() -> dict:
     ensembles, members = [], {}
     for group, names in groups.items():
         command = ["jobs/evaluate.py", *(a for n in names for a in ("--run", str(common.WORK / "runs" / n)))]
-        figures, scored = score([*command, "--ensemble"], f"ensemble-{group.replace(' ', '-')}")
+        figures, scored = score([*command, "--ensemble"], f"ensemble-{group.replace(', ', '-').replace(' ', '-')}")
         ensembles.append({"members_from": group, "runs": names, **figures})
         members.update(scored)
     return {"runs": pooled, **_singles(members), "ensembles": ensembles}
