@@ -5,8 +5,9 @@ Two ways to get the members, each a bench:
 - ``seeds``: `jobs/tune.py --seeds K` trains one recipe K times, each trial to the end, and
   `jobs/evaluate.py --ensemble-top k` scores the k best trials by validation accuracy as one model. Every top-k
   ensemble (k = 2..K) is recorded.
-- ``best``: the runs bench/accuracy.py trained, three seeds each of ``--preset best``, the wide CNN, the deep CNN
-  and the deep CNN with a moving average and elastic distortion (those that have run): each recipe's seeds as one
+- ``best``: the runs bench/accuracy.py trained, three seeds each of ``--preset best`` (the deep CNN), the small CNN
+  that was ``best`` before it, the wide CNN, and the deep CNN with a moving average and elastic distortion (those
+  that have run): each recipe's seeds as one
   ensemble (``--run`` repeated with ``--ensemble``), then the best five of all of them by validation accuracy.
   The members are fixed before any test figure is read.
 
@@ -14,7 +15,7 @@ Every ensemble scored on the test set is recorded with each member's own test ac
 test set hides.
 
     python -m bench.ensemble [K] [recipe flags...]      # default: 5 seeds of the default recipe
-    python -m bench.ensemble best                       # after bench.accuracy's cnn_best*, cnn_wide*, cnn_deep*
+    python -m bench.ensemble best                       # after bench.accuracy's cnn_deep*, cnn_small_best*...
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def seeds(k_max: int, flags: list[str]) -> dict:
 
 
 GROUPS = {
-    "best": "cnn_best",
+    "small best": "cnn_small_best",
     "wide": "cnn_wide",
     "deep": "cnn_deep",
     "deep, ema, elastic": "cnn_deep_ema_elastic",
