@@ -1,5 +1,6 @@
-"""Accuracy and time-to-accuracy: default CNN, ANN, --preset best (and the CNNs tried for it) and --preset fast, each trained from scratch
-with jobs/train.py and its best checkpoint evaluated on the 10k test set with jobs/evaluate.py.
+"""Accuracy and time-to-accuracy: default CNN, ANN, --preset best (and the CNNs tried for it) and --preset fast,
+each trained from scratch with jobs/train.py and its best checkpoint evaluated on the 10k test set with
+jobs/evaluate.py.
 
 Also the fixed overhead of jobs/train.py (wall time minus the summed epoch times) and peak memory.
 """
